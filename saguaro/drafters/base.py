@@ -1,0 +1,35 @@
+"""What every drafter returns, and the interface SD (and SSD's backups) call.
+
+A drafter proposes up to K tokens per sequence and says which q each was sampled from.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from saguaro.engine.sequence import Sequence
+
+
+@dataclass
+class DraftProposal:
+    tokens: list[list[int]]  # per sequence, 0..K proposed tokens (s_1..s_k)
+    q: torch.Tensor | None  # [B, K, target_vocab] float32 q each s_i was sampled from; None = deterministic
+
+
+class Drafter(ABC):
+    @abstractmethod
+    def propose(self, seqs: list[Sequence], k: int) -> DraftProposal:
+        """Speculate up to k tokens after each sequence's trunk."""
+
+    def start(self, seqs: list[Sequence], capacity: int) -> None:
+        """Prepare per-batch state once the batch is known."""
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Finished sequences leave; `rows` stay, in order."""
+
+    def commit(self, kept: list[int]) -> None:
+        """After verification: of each sequence, only the first kept[b] trunk tokens stay valid
+        in any cache the drafter holds (the trunk minus its new last token)."""

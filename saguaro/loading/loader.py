@@ -1,0 +1,170 @@
+"""One entry point from a model reference to a ready decoder and tokenizer.
+
+A reference is a bundled model name, a `.gguf` file, an HF folder, or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from saguaro.errors import ModelLoadError
+from saguaro.loading import bundled, gguf_file
+from saguaro.loading.weights import fuse_weights
+from saguaro.model.config import ModelConfig
+from saguaro.model.cpu_packing import pack_for_cpu
+from saguaro.model.decoder import Decoder
+from saguaro.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    decoder: Decoder
+    tokenizer: Tokenizer
+    config: ModelConfig
+    source: str
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif dtype in DTYPES:
+        resolved = DTYPES[dtype]
+    else:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if resolved == torch.float16 and device.type == "cpu":
+        raise ModelLoadError("float16 is for CUDA; use bfloat16 or float32 on CPU")
+    return resolved
+
+
+def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "bfloat16") -> LoadedModel:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    torch_dtype = resolve_dtype(dtype, dev)
+    path = Path(os.path.expanduser(ref))
+    if ref in bundled.BUNDLED:
+        folder = bundled_folder(ref)
+        return _load_folder(folder, dev, torch_dtype, source=ref)
+    if path.is_dir():
+        return _load_folder(path, dev, torch_dtype, source=str(path))
+    if path.is_file() or ref.endswith(".gguf"):
+        return _load_gguf(path, dev, torch_dtype)
+    if _looks_like_hub_id(ref):
+        return _load_folder(_download(ref), dev, torch_dtype, source=ref)
+    raise ModelLoadError(
+        f"unknown model {ref!r}: not a bundled name ({', '.join(bundled.BUNDLED)}), "
+        "a .gguf file, a model folder, or a hub id"
+    )
+
+
+def _decoder(cfg: ModelConfig, weights: dict, device, dtype) -> Decoder:
+    return pack_for_cpu(Decoder(cfg, weights, device, dtype))
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "tokenizer*"]
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except ImportError:
+        raise ModelLoadError("loading from the hub needs huggingface_hub installed") from None
+    except Exception as e:
+        raise ModelLoadError(f"could not fetch {repo_id!r} from the hub (offline?): {e}") from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"model folder lacks {path.name}: {path.parent}") from None
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"invalid JSON in {path}: {e}") from None
+
+
+def _load_folder(folder: Path, device, dtype, source: str) -> LoadedModel:
+    from safetensors import safe_open
+
+    cfg = ModelConfig.from_hf(_read_json(folder / "config.json"))
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"no *.safetensors weights in {folder}")
+    handles, where = [], {}
+    try:
+        for f in files:
+            h = safe_open(str(f), framework="pt")
+            handles.append(h)
+            where.update({name: h for name in h.keys()})
+    except Exception as e:
+        raise ModelLoadError(f"unreadable safetensors file in {folder}: {e}") from None
+    weights = fuse_weights(cfg, set(where), lambda n: where[n].get_tensor(n), device, dtype)
+    tokenizer = Tokenizer.from_folder(folder)
+    log.info("loaded %s (%s, %d layers) as %s on %s", source, cfg.model_type, cfg.num_layers, dtype, device)
+    return LoadedModel(_decoder(cfg, weights, device, dtype), tokenizer, cfg, source)
+
+
+def _gguf_parts(path: Path):
+    from saguaro.loading.gguf_tokenizer import tokenizer_files_from_gguf
+
+    reader = gguf_file.open_gguf(path)
+    hf_cfg = gguf_file.hf_config(reader)
+    tok_json, tok_cfg = tokenizer_files_from_gguf(reader)
+    return reader, hf_cfg, Tokenizer.from_files(tok_json, tok_cfg, extra_eos_ids=_eos_ids(hf_cfg))
+
+
+def _eos_ids(hf_cfg: dict) -> tuple[int, ...]:
+    eos = hf_cfg.get("eos_token_id")
+    return () if eos is None else (int(eos),)
+
+
+def _load_gguf(path: Path, device, dtype) -> LoadedModel:
+    reader, hf_cfg, tokenizer = _gguf_parts(path)
+    cfg = ModelConfig.from_hf(hf_cfg)
+    tensors = {name: torch.from_numpy(arr) for name, arr in gguf_file.hf_tensors(reader, hf_cfg)}
+    weights = fuse_weights(cfg, set(tensors), tensors.__getitem__, device, dtype)
+    return LoadedModel(_decoder(cfg, weights, device, dtype), tokenizer, cfg, str(path))
+
+
+def bundled_folder(name: str) -> Path:
+    """The bundled model converted once to an HF-style folder (float32 safetensors) in the cache."""
+    spec = bundled.BUNDLED[name]
+    folder = bundled.cache_dir() / "models" / f"{name}-{spec.sha256[:12]}"
+    if (folder / "complete").exists():
+        return folder
+    gguf_path = bundled.bundled_gguf(name)
+    log.info("converting %s to float32 safetensors in %s (once)", name, folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write_hf_folder(gguf_path, tmp)
+        (tmp / "complete").write_text("ok\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def write_hf_folder(gguf_path: Path, folder: Path) -> None:
+    from safetensors.numpy import save_file
+
+    reader, hf_cfg, tokenizer = _gguf_parts(gguf_path)
+    (folder / "config.json").write_text(json.dumps(hf_cfg, indent=2))
+    tokenizer.save(folder)
+    save_file(dict(gguf_file.hf_tensors(reader, hf_cfg)), str(folder / "model.safetensors"))

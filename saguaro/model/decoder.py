@@ -1,0 +1,121 @@
+"""The decoder-only transformer shared by Qwen2/2.5, Qwen3 and Llama-3.
+
+Weights are fused at construction (QKV in one matrix, gate and up in one) to cut matmul calls.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from saguaro.kv_cache import KVCache
+from saguaro.model.config import ModelConfig
+from saguaro.model.rope import Rotary, apply_rotary
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Same arithmetic as the reference implementations: normalise in float32, scale in dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+class Linear:
+    """y = x W^T + b. Transforms (saguaro.model.cpu_packing) swap in faster kernels."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight = weight  # [out, in]
+        self.bias = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Layer:
+    def __init__(self, w: dict[str, torch.Tensor]):
+        self.input_norm = w["input_norm"]
+        self.qkv = Linear(w["qkv"], w.get("qkv_bias"))  # [q_size + 2 kv_size, hidden]
+        self.q_norm = w.get("q_norm")
+        self.k_norm = w.get("k_norm")
+        self.o = Linear(w["o"])  # [hidden, q_size]
+        self.post_norm = w["post_norm"]
+        self.gate_up = Linear(w["gate_up"])  # [2 intermediate, hidden]
+        self.down = Linear(w["down"])  # [hidden, intermediate]
+
+    def linears(self) -> list[Linear]:
+        return [self.qkv, self.o, self.gate_up, self.down]
+
+
+class Decoder:
+    """Forward over explicit cache slots and an explicit attention mask.
+
+    The caller decides where each token's K/V goes (`slots`), its RoPE position (`positions`)
+    and what it may attend to (`mask`); that one signature serves prefill, decode, multi-token
+    verification and SSD's branch drafting.
+    """
+
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], device, dtype):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.embed = weights["embed"]  # [vocab, hidden]
+        self.final_norm = weights["final_norm"]
+        self.lm_head = Linear(weights.get("lm_head", self.embed))  # [vocab, hidden]
+        self.layers = [Layer(weights_of(weights, i)) for i in range(cfg.num_layers)]
+        self.rotary = Rotary(cfg, self.device, dtype)
+
+    def linears(self) -> list[Linear]:
+        return [l for layer in self.layers for l in layer.linears()] + [self.lm_head]
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        return KVCache(self.cfg, batch, capacity, self.device, self.dtype)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        tokens: torch.Tensor,  # [B, T]
+        positions: torch.Tensor,  # [B, T]
+        cache: KVCache,
+        slots: torch.Tensor,  # [B, T]
+        mask: torch.Tensor,  # [B, T, kv_len] bool, True = may attend
+        logit_index: torch.Tensor | None = None,  # [B, T'] which T positions need logits
+    ) -> torch.Tensor:
+        """Returns logits [B, T', vocab] (T' = T without logit_index) in the model dtype."""
+        cfg = self.cfg
+        b, t = tokens.shape
+        kv_len = mask.shape[-1]
+        x = F.embedding(tokens, self.embed)  # [B, T, hidden]
+        cos, sin = self.rotary.cos_sin(positions)
+        attn_mask = mask.unsqueeze(1)  # [B, 1, T, kv_len]
+        rep = cfg.num_heads // cfg.num_kv_heads
+        for i, layer in enumerate(self.layers):
+            h = rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
+            qkv = layer.qkv(h)  # [B, T, q_size + 2 kv_size]
+            q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+            q = q.view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)  # [B, heads, T, hd]
+            k = k.view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+            v = v.view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+            if layer.q_norm is not None:
+                q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
+                k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            cache.write(i, slots, k, v)
+            keys, values = cache.view(i, kv_len)  # [B, kv_heads, kv_len, hd]
+            if rep > 1:
+                keys = keys.repeat_interleave(rep, dim=1)
+                values = values.repeat_interleave(rep, dim=1)
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+            a = a.transpose(1, 2).reshape(b, t, cfg.q_size)
+            x = x + layer.o(a)
+            h = rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+        if logit_index is not None:
+            x = x.gather(1, logit_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = rms_norm(x, self.final_norm, cfg.rms_norm_eps)
+        return self.lm_head(x)
+
+
+def weights_of(weights: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    prefix = f"layers.{i}."
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -1,0 +1,79 @@
+"""Speculative decoding: the drafter proposes K tokens, the target verifies them in one forward.
+
+The verification rule (saguaro.verify) keeps the output exactly distributed as AR sampling.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from saguaro.drafters.base import DraftProposal, Drafter
+from saguaro.engine.runner import ModelRunner
+from saguaro.engine.sequence import Sequence
+from saguaro.kv_cache import KVCache
+from saguaro.metrics import SpeculationStats
+from saguaro.sampling.probs import probs_for_params
+from saguaro.strategies.base import Strategy
+from saguaro.verify import Verification, one_hot_q, verify_greedy, verify_sampled
+
+
+def verify_row(logits: torch.Tensor, seq: Sequence, spec: list[int], q: torch.Tensor | None) -> tuple[int, int]:
+    """logits [K + 1, vocab] of the target over [last trunk token, s_1..s_K]; q [K, vocab] or None.
+
+    Returns the outcome (n, t) for one sequence.
+    """
+    k = len(spec)
+    speculation = torch.tensor([spec], dtype=torch.long, device=logits.device)  # [1, K]
+    if seq.params.greedy:
+        v = verify_greedy(logits[None, : k + 1], speculation)
+    else:
+        p = probs_for_params(logits[None, : k + 1], seq.params)  # [1, K + 1, vocab]
+        q1 = one_hot_q(speculation, p.shape[-1]) if q is None else q[None, :k]
+        v = verify_sampled(p, q1, speculation, [seq.generator])
+    return int(v.accepted[0]), int(v.token[0])
+
+
+class SDStrategy(Strategy):
+    name = "sd"
+
+    def __init__(self, target: ModelRunner, drafter: Drafter, k: int):
+        self.target, self.drafter, self.k = target, drafter, k
+        self.extra_slots = k + 1
+
+    def start(self, seqs: list[Sequence], capacity: int) -> None:
+        self.drafter.start(seqs, capacity)
+        for s in seqs:
+            s.stats = SpeculationStats()
+
+    def keep_rows(self, rows: list[int]) -> None:
+        self.drafter.keep_rows(rows)
+
+    def step(self, seqs: list[Sequence], cache: KVCache) -> list[list[int]]:
+        t0 = time.perf_counter()
+        proposal = self.drafter.propose(seqs, self.k)
+        t1 = time.perf_counter()
+        out = self.verify(seqs, cache, proposal)
+        t2 = time.perf_counter()
+        for s in seqs:
+            s.stats.draft_s += t1 - t0
+            s.stats.verify_s += t2 - t1
+        return out
+
+    def verify(self, seqs: list[Sequence], cache: KVCache, proposal: DraftProposal) -> list[list[int]]:
+        """One target forward over [last trunk token, s_1..s_k] per row, then the exact rule."""
+        old = list(cache.lengths)
+        rows = [[s.trunk[-1]] + proposal.tokens[b] for b, s in enumerate(seqs)]
+        logits = self.target.feed(cache, rows, all_logits=True)  # [B, 1 + K, vocab]
+        out, kept = [], []
+        for b, s in enumerate(seqs):
+            spec = proposal.tokens[b]
+            q = None if proposal.q is None else proposal.q[b]
+            n, t = verify_row(logits[b], s, spec, q)
+            s.stats.record(len(spec), n)
+            cache.truncate(b, old[b] + 1 + n)  # rejected tokens leave the target cache
+            kept.append(len(s.trunk) + n)  # the new trunk minus its last token t
+            out.append(spec[:n] + [t])
+        self.drafter.commit(kept)
+        return out
