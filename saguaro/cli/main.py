@@ -1,0 +1,281 @@
+"""The `saguaro` command line: generate, chat and bench on top of the Python API.
+
+User mistakes print one `saguaro: error: ...` line and exit with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+import time
+
+from saguaro.errors import SaguaroError
+from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
+from saguaro.sampling.params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODE = "ar"
+MODES = ("ar", "sd", "ssd")
+USAGE_ERROR = 2
+INTERRUPTED = 130
+
+# Flags forwarded to LLM only when given, so the CLI works with engines that predate them.
+OPTIONAL_LLM_FLAGS = {
+    "target_cores": "--target-cores",
+    "draft_cores": "--draft-cores",
+    "draft_device": "--draft-device",
+    "fanout": "--fanout",
+    "saguaro_c": "--saguaro-c",
+    "backup": "--backup",
+}
+
+
+class UsageError(SaguaroError):
+    """A command-line mistake found by argparse or by the CLI itself."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse would print the usage block and exit; we want one error line from main().
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _core_list(text: str) -> list[int]:
+    try:
+        cores = [int(part) for part in text.split(",")]
+    except ValueError:
+        cores = []
+    if not cores or any(c < 0 for c in cores):
+        raise argparse.ArgumentTypeError(f"expected core numbers like 0 or 0,1, got {text!r}")
+    return cores
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--target", help=f"model: bundled name, .gguf file, HF folder or hub id (default {DEFAULT_TARGET})")
+    g.add_argument("--draft", help=f"draft model or 'ngram' for sd/ssd (default {DEFAULT_DRAFT} with the bundled target)")
+    g.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"decoding strategy (default {DEFAULT_MODE})")
+    g.add_argument("--k", type=int, help="speculation lookahead (tokens drafted per round)")
+    g.add_argument("--dtype", help="float32, bfloat16 (default) or float16 (CUDA only)")
+    g.add_argument("--device", help="cpu (default) or cuda[:N]")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    s = p.add_argument_group("SSD placement and knobs")
+    s.add_argument("--target-cores", type=_core_list, metavar="LIST", help="CPU cores for the target, e.g. 0 or 0,1")
+    s.add_argument("--draft-cores", type=_core_list, metavar="LIST", help="CPU cores for the draft, e.g. 1")
+    s.add_argument("--draft-device", help="device of the draft model")
+    s.add_argument("--fanout", help="fan-out allocation across speculation positions")
+    s.add_argument("--saguaro-c", type=float, metavar="C", help="fan-out constant C")
+    s.add_argument("--backup", help="backup speculator used on a speculation-cache miss")
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-tokens", type=int, help="tokens to generate per prompt (default 128)")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default 1.0)")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling mass in (0, 1]")
+    g.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    g.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true", default=None, help="keep generating past end-of-sequence")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="saguaro", description="LLM inference with exact speculative speculative decoding.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,chat,bench}", required=True)
+
+    # -v is also accepted after the subcommand; SUPPRESS keeps the subparser from resetting it.
+    verbose = _Parser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    gen = sub.add_parser("generate", parents=[verbose], help="complete one or more prompts (decoded as one batch)")
+    gen.add_argument("prompts", nargs="+", metavar="PROMPT")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
+    gen.add_argument("--json", action="store_true", help="print one JSON object per prompt per line")
+    _add_model_options(gen)
+    _add_sampling_options(gen)
+
+    chat = sub.add_parser("chat", parents=[verbose], help="interactive chat on stdin (/reset clears the history)")
+    _add_model_options(chat)
+    _add_sampling_options(chat)
+
+    # The benchmark parses its own arguments; everything after `bench` is passed through.
+    sub.add_parser("bench", help="run benchmarks (see saguaro bench --help)", add_help=False)
+    return parser
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """Only the flags the user gave; SamplingParams validates them and supplies the defaults."""
+    given = {
+        name: getattr(args, name)
+        for name in ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos")
+        if getattr(args, name) is not None
+    }
+    return SamplingParams(**given)
+
+
+def open_llm(args: argparse.Namespace):
+    from saguaro.llm import LLM
+
+    target, draft = args.target, args.draft
+    if target is None:
+        target = DEFAULT_TARGET
+        if draft is None and args.mode != "ar":
+            draft = DEFAULT_DRAFT
+    kwargs = {"draft": draft, "mode": args.mode, "k": args.k}
+    for name in ("dtype", "device", "threads"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    accepted = inspect.signature(LLM).parameters
+    for name, flag in OPTIONAL_LLM_FLAGS.items():
+        if getattr(args, name) is None:
+            continue
+        if name not in accepted:
+            raise UsageError(f"{flag} is not supported by this version of the engine")
+        kwargs[name] = getattr(args, name)
+    log.info("loading %s (mode %s, draft %s)", target, args.mode, draft)
+    return LLM(target, **kwargs)
+
+
+def summary(results) -> str:
+    """One line over the whole batch: tokens/s, plus acceptance and SSD hit rate when present."""
+    metrics = [r.metrics.to_dict() for r in results]
+    tokens = sum(m["decode_tokens"] for m in metrics)
+    # The batch decodes together, so its wall time is the longest sequence's decode time.
+    seconds = max(m["decode_s"] for m in metrics)
+    parts = [f"{tokens} tokens", f"{tokens / seconds if seconds > 0 else 0.0:.1f} tokens/s", f"mode {metrics[0]['mode']}"]
+    drafted = sum(m.get("drafted", 0) for m in metrics)
+    if drafted:
+        parts.append(f"acceptance {sum(m.get('accepted', 0) for m in metrics) / drafted:.1%}")
+    hits = [m["hit_rate"] for m in metrics if m.get("hit_rate") is not None]
+    if hits:
+        parts.append(f"hit rate {sum(hits) / len(hits):.1%}")
+    return ", ".join(parts)
+
+
+def cmd_generate(args: argparse.Namespace, llm) -> int:
+    params = args.params
+    prompts = list(args.prompts)
+    if args.chat:
+        prompts = [llm.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
+    results = llm.generate(prompts, params)
+    if args.json:
+        for r in results:
+            print(json.dumps(r.to_dict(), ensure_ascii=False))
+        return 0
+    for i, r in enumerate(results):
+        if i:
+            print()
+        print(r.text)
+    sys.stdout.flush()
+    print(summary(results), file=sys.stderr)
+    return 0
+
+
+def _read_line(interactive: bool) -> str | None:
+    if interactive:
+        sys.stdout.write("> ")
+        sys.stdout.flush()
+    line = sys.stdin.readline()
+    return None if line == "" else line.rstrip("\n")
+
+
+def cmd_chat(args: argparse.Namespace, llm) -> int:
+    params = args.params
+    interactive = sys.stdin.isatty()
+    history: list[dict] = []
+    while (line := _read_line(interactive)) is not None:
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/reset":
+            history.clear()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": text})
+        start = time.perf_counter()
+        pieces = []
+        try:
+            for piece in llm.stream(llm.chat_prompt(history), params):
+                pieces.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except SaguaroError as e:
+            # Typically the history outgrew the context; the session stays usable after /reset.
+            history.pop()
+            print(f"saguaro: error: {_one_line(e)} (type /reset to start over)", file=sys.stderr)
+            continue
+        seconds = time.perf_counter() - start
+        answer = "".join(pieces)
+        print()
+        history.append({"role": "assistant", "content": answer})
+        # stream() yields text, not tokens; re-encoding the answer gives the token count.
+        tokens = len(llm.tokenizer.encode(answer, add_special_tokens=False)) if answer else 0
+        print(f"[{tokens} tokens, {tokens / seconds if seconds > 0 else 0.0:.1f} tokens/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    try:
+        from saguaro.bench.main import main as bench_main
+    except ModuleNotFoundError as e:
+        if e.name not in ("saguaro.bench", "saguaro.bench.main"):
+            raise
+        print("saguaro: error: the benchmark module (saguaro.bench.main) is not available in this install",
+              file=sys.stderr)
+        return USAGE_ERROR
+    code = bench_main(argv)
+    return 0 if code is None else int(code)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def _run(argv: list[str]) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
+    if args.command == "bench":
+        return cmd_bench(extra)
+    if extra:
+        raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    # Check the sampling flags before spending seconds on loading a model.
+    args.params = sampling_params(args)
+    llm = None
+    try:
+        llm = open_llm(args)
+        return cmd_generate(args, llm) if args.command == "generate" else cmd_chat(args, llm)
+    finally:
+        if llm is not None:
+            llm.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    # Installed only while main() runs, so in-process callers (tests) keep their logging setup.
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    try:
+        return _run(argv)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except SaguaroError as e:
+        print(f"saguaro: error: {_one_line(e)}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return INTERRUPTED
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
