@@ -20,6 +20,7 @@ from saguaro.loading.loader import load_model
 from saguaro.metrics import GenerationMetrics
 from saguaro.sampling.params import SamplingParams
 from saguaro.strategies.factory import NGRAM, StrategyOptions, build_strategy
+from saguaro.ssd.placement import parse_cores, pin_process, split_cores
 from saguaro.tokenizer import StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,32 @@ class LLM:
         dtype: str = "bfloat16",
         device: str = "cpu",
         threads: int | None = None,
+        target_cores=None,
+        draft_cores=None,
+        draft_device: str | None = None,
+        fanout="flat",
+        saguaro_c: float = 1.0,
+        backup: str = "auto",
+        worker_timeout: float = 30.0,
+        fault_after_rounds: int | None = None,
     ):
+        """`target_cores` pins the engine (the whole of it in AR and SD); `draft_cores` and
+        `draft_device` place SSD's draft worker. See StrategyOptions for the SSD knobs."""
         if threads is not None:
             if threads < 1:
                 raise InvalidRequestError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
-        self.options = StrategyOptions(mode=mode, k=k, draft_is_ngram=draft == NGRAM)
+        cores = parse_cores(target_cores)
+        draft_cores = parse_cores(draft_cores)
+        if mode == "ssd" and (draft_device or device) == "cpu" and str(device) == "cpu":
+            cores, draft_cores = split_cores(cores, draft_cores)
+        self.options = StrategyOptions(
+            mode=mode, k=k, draft_is_ngram=draft == NGRAM,
+            draft_cores=tuple(draft_cores) if draft_cores else None, draft_device=draft_device,
+            fanout=fanout, saguaro_c=saguaro_c, backup=backup, worker_timeout=worker_timeout,
+            fault_after_rounds=fault_after_rounds,
+        )
+        pin_process(cores)
         if self.options.needs_draft_model and draft is None:
             draft = DEFAULT_DRAFT if target == DEFAULT_TARGET else None
             if draft is None:

@@ -16,7 +16,11 @@ from saguaro.engine.sequence import Sequence
 @dataclass
 class DraftProposal:
     tokens: list[list[int]]  # per sequence, 0..K proposed tokens (s_1..s_k)
-    q: torch.Tensor | None  # [B, K, target_vocab] float32 q each s_i was sampled from; None = deterministic
+    q: torch.Tensor | list[torch.Tensor | None] | None  # [B, K, vocab] float32 q each s_i was sampled
+    # from, or one [K, vocab] (or None) per row; None means deterministic proposals (one-hot q)
+
+    def q_of(self, b: int) -> torch.Tensor | None:
+        return None if self.q is None else self.q[b]
 
 
 class Drafter(ABC):

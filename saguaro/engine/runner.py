@@ -62,3 +62,11 @@ class ModelRunner:
         """Fill the cache with each row's tokens (rows may be empty), in chunks to bound memory."""
         for start in range(0, max(map(len, rows), default=0), chunk):
             self.feed(cache, [r[start : start + chunk] for r in rows])
+
+    def forward_at(self, cache: KVCache, tokens, positions, slots, mask) -> torch.Tensor:
+        """A forward with caller-chosen positions, slots and mask (SSD branches); lengths unchanged.
+
+        tokens, positions, slots [B, T]; mask [B, T, kv_len]. Returns float32 logits [B, T, vocab].
+        """
+        cache.check_room(int(slots.max()) + 1)
+        return self.decoder.forward(tokens, positions, cache, slots, mask).float()

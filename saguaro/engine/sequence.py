@@ -24,6 +24,7 @@ class Sequence:
     finish_reason: str | None = None  # "eos", "length" or "stop"
     timing: dict = field(default_factory=dict)  # prefill_s, decode_s, filled in by the loop
     stats: object = None  # the strategy's per-sequence counters (SpeculationStats), if any
+    ssd: object = None  # SSD's per-sequence figures (SSDStats), if any
     extra: dict = field(default_factory=dict)  # the strategy's other figures
 
     @property

@@ -15,21 +15,60 @@ MODES = ("ar", "sd", "ssd")
 NGRAM = "ngram"
 
 
+BACKUPS = ("auto", "neural", "ngram", "none")
+
+
 @dataclass(frozen=True)
 class StrategyOptions:
     mode: str = "ar"
     k: int | None = None  # lookahead; None picks the mode's default (SSD: from the budget)
     draft_is_ngram: bool = False
+    draft_cores: tuple[int, ...] | None = None  # SSD: the worker's CPU cores
+    draft_device: str | None = None  # SSD: the worker's device ("cpu", "cuda:1")
+    fanout: str | int | tuple[int, ...] = "flat"  # "flat", "geometric", F per outcome, or F_0..F_K
+    saguaro_c: float = 1.0
+    backup: str = "auto"
+    worker_timeout: float = 30.0
+    fault_after_rounds: int | None = None  # testing only: the worker dies after this many rounds
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise InvalidRequestError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.k is not None and not (isinstance(self.k, int) and 1 <= self.k <= 32):
-            raise InvalidRequestError(f"k must be an integer in 1..32, got {self.k!r}")
+        if self.k is not None and not (isinstance(self.k, int) and not isinstance(self.k, bool) and 1 <= self.k <= 16):
+            raise InvalidRequestError(f"k must be an integer in 1..16, got {self.k!r}")
+        if not 0 < self.saguaro_c <= 1:
+            raise InvalidRequestError(f"saguaro_c must be in (0, 1], got {self.saguaro_c}")
+        if self.backup not in BACKUPS:
+            raise InvalidRequestError(f"backup must be one of {', '.join(BACKUPS)}, got {self.backup!r}")
+        if self.worker_timeout <= 0:
+            raise InvalidRequestError("worker_timeout must be positive")
+        object.__setattr__(self, "fanout", parse_fanout(self.fanout))
+        if self.mode == "ssd" and self.draft_is_ngram:
+            raise InvalidRequestError("SSD needs a draft model; the n-gram drafter serves SD and SSD's backup")
 
     @property
     def needs_draft_model(self) -> bool:
         return self.mode != "ar" and not self.draft_is_ngram
+
+
+def parse_fanout(spec):
+    """'flat', 'geometric', '2' (F per outcome) or '3,2,1,2' (F_0..F_K) -> a validated value."""
+    if isinstance(spec, str) and spec in ("flat", "geometric"):
+        return spec
+    try:
+        if isinstance(spec, str):
+            parts = [int(p) for p in spec.split(",")]
+            spec = parts[0] if len(parts) == 1 else tuple(parts)
+        if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 1:
+            return spec
+        spec = tuple(int(f) for f in spec)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"bad fan-out {spec!r}: use flat, geometric, F, or F_0,...,F_K") from None
+    if len(spec) < 2 or len(spec) - 1 > 16 or any(f < 0 for f in spec) or not 1 <= sum(spec) <= 64:
+        raise InvalidRequestError(
+            f"bad fan-out {list(spec)}: need K + 1 non-negative entries (K in 1..16) summing to 1..64"
+        )
+    return spec
 
 
 def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft, device, dtype):
@@ -41,7 +80,35 @@ def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokeni
         from saguaro.strategies.sd import SDStrategy
 
         return SDStrategy(target, _drafter(target, tokenizer, draft, device, dtype), opts.k or 4)
-    raise InvalidRequestError(f"mode {opts.mode!r} is not available yet")
+    return _ssd(opts, target, tokenizer, draft, device, dtype)
+
+
+def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype):
+    import logging
+
+    from saguaro.ssd.client import WorkerClient
+    from saguaro.strategies.ssd import SSDStrategy
+
+    if opts.k is not None and isinstance(opts.fanout, tuple) and len(opts.fanout) != opts.k + 1:
+        raise InvalidRequestError(f"fan-out {list(opts.fanout)} has {len(opts.fanout)} entries; K={opts.k} needs {opts.k + 1}")
+    dtype_name = str(dtype).replace("torch.", "")
+    client = WorkerClient(
+        dict(
+            host="127.0.0.1",
+            draft=draft,
+            dtype=dtype_name,
+            device=opts.draft_device or str(device),
+            cores=list(opts.draft_cores) if opts.draft_cores else None,
+            target_vocab=target.vocab_size,
+            saguaro_c=opts.saguaro_c,
+            fault_after_rounds=opts.fault_after_rounds,
+            log_level=logging.getLogger("saguaro").getEffectiveLevel(),
+        ),
+        timeout_s=opts.worker_timeout,
+    )
+    client.check_tokenizer(tokenizer)
+    fanout = list(opts.fanout) if isinstance(opts.fanout, tuple) else opts.fanout
+    return SSDStrategy(target, client, {"k": opts.k, "fanout": fanout, "backup": opts.backup})
 
 
 def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype):

@@ -62,18 +62,24 @@ class SDStrategy(Strategy):
         return out
 
     def verify(self, seqs: list[Sequence], cache: KVCache, proposal: DraftProposal) -> list[list[int]]:
-        """One target forward over [last trunk token, s_1..s_k] per row, then the exact rule."""
-        old = list(cache.lengths)
-        rows = [[s.trunk[-1]] + proposal.tokens[b] for b, s in enumerate(seqs)]
-        logits = self.target.feed(cache, rows, all_logits=True)  # [B, 1 + K, vocab]
-        out, kept = [], []
-        for b, s in enumerate(seqs):
-            spec = proposal.tokens[b]
-            q = None if proposal.q is None else proposal.q[b]
-            n, t = verify_row(logits[b], s, spec, q)
-            s.stats.record(len(spec), n)
-            cache.truncate(b, old[b] + 1 + n)  # rejected tokens leave the target cache
-            kept.append(len(s.trunk) + n)  # the new trunk minus its last token t
-            out.append(spec[:n] + [t])
-        self.drafter.commit(kept)
-        return out
+        outcomes = verify_batch(self.target, seqs, cache, proposal)
+        self.drafter.commit([len(s.trunk) + n for s, (n, _) in zip(seqs, outcomes)])
+        return [proposal.tokens[b][:n] + [t] for b, (n, t) in enumerate(outcomes)]
+
+
+def verify_batch(target: ModelRunner, seqs: list[Sequence], cache: KVCache, proposal: DraftProposal) -> list[tuple[int, int]]:
+    """One target forward over [last trunk token, s_1..s_k] per row, then the exact rule.
+
+    Returns each row's outcome (n, t) and leaves the target cache holding trunk + s_1..s_n.
+    """
+    old = list(cache.lengths)
+    rows = [[s.trunk[-1]] + proposal.tokens[b] for b, s in enumerate(seqs)]
+    logits = target.feed(cache, rows, all_logits=True)  # [B, 1 + K, vocab]
+    outcomes = []
+    for b, s in enumerate(seqs):
+        spec = proposal.tokens[b]
+        n, t = verify_row(logits[b], s, spec, proposal.q_of(b))
+        s.stats.record(len(spec), n)
+        cache.truncate(b, old[b] + 1 + n)  # rejected tokens leave the target cache
+        outcomes.append((n, t))
+    return outcomes

@@ -1,0 +1,169 @@
+"""The draft side of SSD: just-in-time drafting, the glue forward, and all branches at once.
+
+While the target verifies speculation S, `draft_branches` predicts the likely outcomes (n, t)
+of that verification and drafts the next speculation for each, filling the speculation cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from saguaro.drafters.model_drafter import align_vocab, sample_rows
+from saguaro.engine.runner import ModelRunner
+from saguaro.sampling.params import SamplingParams
+from saguaro.sampling.probs import apply_saguaro, probs_for_params, sample
+from saguaro.ssd.masks import branch_mask, branch_positions, branch_slots
+from saguaro.ssd.outcomes import predict_outcomes
+from saguaro.ssd.spec_cache import CacheEntry, SpeculationCache
+
+
+@dataclass
+class DraftSequence:
+    """The worker's view of one sequence."""
+
+    key: int
+    trunk: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    speculation: list[int] = field(default_factory=list)  # S, being verified by the target now
+    guesses: list[tuple[int, int]] = field(default_factory=list)  # outcomes drafted for S
+
+
+class BranchDrafter:
+    def __init__(self, runner: ModelRunner, vocab: int, saguaro_c: float = 1.0):
+        self.runner = runner
+        self.vocab = vocab  # the target's vocabulary size
+        self.c = saguaro_c
+        self.seqs: list[DraftSequence] = []
+        self.cache = None
+        self.spec_cache = SpeculationCache()
+        self.depth_reached = 0
+
+    def start(self, seqs: list[DraftSequence], capacity: int) -> None:
+        self.seqs = seqs
+        self.spec_cache.clear()
+        self.cache = self.runner.new_cache(len(seqs), capacity)
+        self.runner.prefill(self.cache, [s.trunk[:-1] for s in seqs])
+
+    def keep_rows(self, rows: list[int]) -> None:
+        for b in set(range(len(self.seqs))) - set(rows):
+            self.spec_cache.clear(self.seqs[b].key)
+        self.seqs = [self.seqs[b] for b in rows]
+        self.cache.keep_rows(rows)
+
+    # ---- distributions ------------------------------------------------------------------------
+
+    def _q(self, logits: torch.Tensor, s: DraftSequence, fan: int) -> torch.Tensor:
+        """[..., draft_vocab] logits -> the q actually sampled from (Saguaro-scaled when c < 1)."""
+        q = probs_for_params(align_vocab(logits, self.vocab), s.params)
+        return q if s.params.greedy else apply_saguaro(q, fan, self.c)
+
+    # ---- drafting -------------------------------------------------------------------------------
+
+    def jit(self, rows: list[int], k: int, fanout: list[int]) -> dict[int, CacheEntry]:
+        """Neural backup: draft k tokens from each listed row's trunk, one forward per token."""
+        cache = self.cache
+        for b in rows:
+            cache.truncate(b, min(cache.lengths[b], len(self.seqs[b].trunk) - 1))
+        feed = [s.trunk[cache.lengths[b]:] if b in rows else [] for b, s in enumerate(self.seqs)]
+        tokens: dict[int, list[int]] = {b: [] for b in rows}
+        qs: dict[int, list[torch.Tensor]] = {b: [] for b in rows}
+        for i in range(k):
+            logits = self.runner.feed(cache, feed)  # [B, vocab]
+            for b in rows:
+                s = self.seqs[b]
+                q = self._q(logits[b : b + 1], s, fanout[min(i, len(fanout) - 1)])  # [1, vocab]
+                t = sample_rows(q, [s])[0]
+                tokens[b].append(t)
+                qs[b].append(q[0])
+            feed = [[tokens[b][-1]] if b in rows else [] for b in range(len(self.seqs))]
+        return {
+            b: CacheEntry(tokens[b], None if self.seqs[b].params.greedy else torch.stack(qs[b]))
+            for b in rows
+        }
+
+    def glue(self) -> torch.Tensor:
+        """Feed [last trunk token, s_1..s_K] per row; returns q_0..q_K [B, K_max + 1, vocab].
+
+        Rows with shorter speculations have garbage past their own K + 1 positions.
+        """
+        cache = self.cache
+        for b, s in enumerate(self.seqs):
+            cache.truncate(b, len(s.trunk) - 1)
+        rows = [[s.trunk[-1]] + s.speculation for s in self.seqs]
+        logits = self.runner.feed(cache, rows, all_logits=True)  # [B, K_max + 1, vocab]
+        return torch.stack(
+            [probs_for_params(align_vocab(logits[b], self.vocab), s.params) for b, s in enumerate(self.seqs)]
+        )
+
+    def draft_branches(self, k: int, fanout: list[int], stop: Callable[[], bool] = lambda: False) -> dict:
+        """Glue, predict outcomes, then up to k batched branch steps; returns timing figures.
+
+        `stop` is polled between steps: when the real outcome has arrived, drafting deeper
+        would only delay it, so branches keep the depth they reached.
+        """
+        t0 = time.perf_counter()
+        q_glue = self.glue()
+        t1 = time.perf_counter()
+        guesses = []
+        for b, s in enumerate(self.seqs):
+            kb = len(s.speculation)
+            fan = fanout[:kb] + [fanout[-1]]  # F_0..F_{kb-1}, then the bonus fan-out F_K
+            spec = torch.tensor(s.speculation, dtype=torch.long)
+            s.guesses = predict_outcomes(q_glue[b, : kb + 1], spec, fan)
+            guesses.append(s.guesses)
+        width = max(len(g) for g in guesses)
+        padded = [g + [g[0]] * (width - len(g)) for g in guesses]  # pads are scratch, never stored
+        tokens = torch.tensor([[t for _, t in g] for g in padded])  # [B, NB]
+        drafted = [[[] for _ in range(width)] for _ in self.seqs]
+        qs = [[[] for _ in range(width)] for _ in self.seqs]
+        steps = 0
+        for depth in range(k):
+            if depth > 0 and stop():
+                break
+            logits = self._branch_forward(tokens, padded, depth)  # [B, NB, draft_vocab]
+            nxt = []
+            for b, s in enumerate(self.seqs):
+                q = self._q(logits[b], s, fanout[min(depth, len(fanout) - 1)])  # [NB, vocab]
+                picks = q.argmax(-1) if s.params.greedy else sample(q, [s.generator] * width)
+                for j in range(width):
+                    drafted[b][j].append(int(picks[j]))
+                    if not s.params.greedy:
+                        qs[b][j].append(q[j])
+                nxt.append(picks.tolist())
+            tokens = torch.tensor(nxt)
+            steps = depth + 1
+        self.depth_reached = steps
+        for b, s in enumerate(self.seqs):
+            for j, (n, t) in enumerate(s.guesses):
+                q = torch.stack(qs[b][j]) if qs[b][j] else None
+                self.spec_cache.put(s.key, n, t, CacheEntry(drafted[b][j], q))
+        return {"glue_s": t1 - t0, "branch_s": time.perf_counter() - t1, "depth": self.depth_reached}
+
+    def _branch_forward(self, tokens: torch.Tensor, guesses: list[list[tuple[int, int]]], depth: int):
+        width = tokens.shape[1]
+        kv_len = max(len(s.trunk) + len(s.speculation) + (depth + 1) * width for s in self.seqs)
+        pos, slots, masks = [], [], []
+        for b, s in enumerate(self.seqs):
+            trunk, kb = len(s.trunk), len(s.speculation)
+            accepted = [n for n, _ in guesses[b]]
+            pos.append(branch_positions(trunk, accepted, depth))
+            slots.append(branch_slots(trunk, kb, width, depth))
+            masks.append(branch_mask(trunk, kb, accepted, depth, kv_len))
+        return self.runner.forward_at(self.cache, tokens, torch.stack(pos), torch.stack(slots), torch.stack(masks))
+
+    # ---- outcomes ---------------------------------------------------------------------------------
+
+    def take(self, b: int, n: int, t: int) -> CacheEntry | None:
+        """The real outcome of row b arrived: advance its trunk and look the next speculation up."""
+        s = self.seqs[b]
+        hit = self.spec_cache.lookup(s.key, n, t)
+        self.spec_cache.clear(s.key)
+        s.trunk = s.trunk + s.speculation[:n] + [t]
+        self.cache.truncate(b, min(self.cache.lengths[b], len(s.trunk) - 1))
+        s.speculation = []
+        return hit

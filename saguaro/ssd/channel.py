@@ -1,0 +1,83 @@
+"""A point-to-point link between the engine and the draft worker over torch.distributed (gloo).
+
+It is a standalone process group on its own TCP store: no global state, so several engines
+can live in one process, and the worker may run on another host.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+class Channel:
+    def __init__(self, host: str, port: int, rank: int, timeout_s: float, store=None):
+        self.peer = 1 - rank
+        timeout = timedelta(seconds=timeout_s)
+        if store is None:
+            store = dist.TCPStore(host, port, 2, is_master=False, timeout=timeout)
+        self.store = store
+        self.pg = dist.ProcessGroupGloo(store, rank, 2, timeout)
+
+    @staticmethod
+    def listen(host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60.0):
+        """The engine's side of the rendezvous: a store the worker connects to; returns it and its port."""
+        store = dist.TCPStore(host, port, 2, is_master=True, timeout=timedelta(seconds=timeout_s),
+                              wait_for_workers=False)
+        return store, store.port
+
+    def send(self, tensor: torch.Tensor) -> None:
+        self.pg.send([tensor.contiguous()], self.peer, 0).wait()
+
+    def recv_async(self, tensor: torch.Tensor) -> "PendingRecv":
+        """Post a receive into `tensor`; poll it with done(), collect it with wait()."""
+        return PendingRecv(self.pg.recv([tensor], self.peer, 0))
+
+    def recv(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.recv_async(tensor).wait()
+        return tensor
+
+    def send_obj(self, obj) -> None:
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        self.send(torch.tensor([data.numel()], dtype=torch.int64))
+        self.send(data)
+
+    def recv_obj(self):
+        size = self.recv(torch.zeros(1, dtype=torch.int64))
+        data = self.recv(torch.empty(int(size[0]), dtype=torch.uint8))
+        return pickle.loads(data.numpy().tobytes())
+
+
+class PendingRecv:
+    """A posted receive that can be polled.
+
+    Gloo's receive handles only learn they are complete inside wait(), so a helper thread
+    waits and raises a flag the caller can poll between drafting steps.
+    """
+
+    def __init__(self, work):
+        self._work = work
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._work.wait()
+        except BaseException as e:  # re-raised in the caller's thread by wait()
+            self._error = e
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """True once received; False if `timeout_s` passed first. Raises what the receive raised."""
+        finished = self._done.wait(timeout_s)
+        if finished and self._error is not None:
+            raise self._error
+        return finished

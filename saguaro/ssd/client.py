@@ -1,0 +1,167 @@
+"""The engine's handle on the draft worker: start-up, one exchange per round, fault detection.
+
+Every wait polls the worker's liveness and a deadline, so a dead or stalled worker surfaces as a
+WorkerFault instead of a hang; close() never leaves the process behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import json
+import pickle
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+from saguaro.errors import InvalidRequestError, ModelLoadError
+from saguaro.ssd.channel import Channel
+from saguaro.ssd.protocol import Reply, decode_reply, encode_end, encode_outcomes, reply_buffers
+from saguaro.ssd.worker import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFault(RuntimeError):
+    """The worker died or stopped answering."""
+
+
+class WorkerClient:
+    def __init__(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float = 900.0):
+        self.timeout_s = timeout_s
+        self.healthy = False
+        self.vocab_size_target = cfg_args["target_vocab"]
+        host = cfg_args.get("host", "127.0.0.1")
+        store, port = Channel.listen(host, 0, startup_timeout_s)
+        cfg = WorkerConfig(port=port, timeout_s=max(timeout_s, startup_timeout_s), **cfg_args)
+        # A fresh interpreter (not fork): torch's thread pools do not survive a fork, and the
+        # caller's __main__ need not be importable.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "saguaro.ssd.worker", "--config", json.dumps(dataclasses.asdict(cfg))]
+        )
+        try:
+            self.channel = self._rendezvous(host, port, store, startup_timeout_s)
+            ready = self.recv_obj(startup_timeout_s)
+        except WorkerFault as e:
+            self.close()
+            raise ModelLoadError(f"the SSD draft worker failed to start: {e}") from None
+        if not ready.get("ok"):
+            self.close()
+            raise ModelLoadError(f"the SSD draft worker could not load the draft: {ready.get('error')}")
+        self.vocab_size = ready["vocab_size"]
+        self.sample_tokens = ready["sample_tokens"]
+        self.healthy = True
+        self._max_batch = 0
+
+    def _rendezvous(self, host: str, port: int, store, timeout_s: float) -> Channel:
+        box: dict = {}
+
+        def connect():
+            try:
+                box["channel"] = Channel(host, port, 0, timeout_s, store=store)
+            except Exception as e:  # reported below
+                box["error"] = e
+
+        thread = threading.Thread(target=connect, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + timeout_s
+        while thread.is_alive():
+            self._check_alive(deadline)
+            thread.join(0.05)
+        if "error" in box:
+            raise WorkerFault(f"rendezvous failed: {box['error']}")
+        return box["channel"]
+
+    def _check_alive(self, deadline: float) -> None:
+        if self.proc.poll() is not None:
+            raise WorkerFault(f"worker exited with code {self.proc.returncode}")
+        if time.monotonic() > deadline:
+            raise WorkerFault("worker stopped answering (timeout)")
+
+    def _wait(self, pending, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not pending.wait(0.005):
+            self._check_alive(deadline)
+
+    def recv(self, tensor: torch.Tensor, timeout_s: float | None = None) -> torch.Tensor:
+        self._wait(self.channel.recv_async(tensor), timeout_s or self.timeout_s)
+        return tensor
+
+    def recv_obj(self, timeout_s: float | None = None):
+        size = self.recv(torch.zeros(1, dtype=torch.int64), timeout_s)
+        data = self.recv(torch.empty(int(size[0]), dtype=torch.uint8), timeout_s)
+        return pickle.loads(data.numpy().tobytes())
+
+    def check_tokenizer(self, tokenizer) -> None:
+        mine = [tokenizer.id_to_token(i) for i in range(0, tokenizer.vocab_size, 97)]
+        if tokenizer.vocab_size != self.vocab_size or mine != self.sample_tokens:
+            self.close()
+            raise InvalidRequestError("the draft's tokenizer differs from the target's; SSD needs the same one")
+
+    # ---- rounds ---------------------------------------------------------------------------------
+
+    def start_batch(self, seqs, capacity: int, options: dict) -> Reply:
+        self._max_batch = len(seqs)
+        payload = [(s.trunk, dataclasses.asdict(s.params)) for s in seqs]
+        self._guard(lambda: self.channel.send_obj({"cmd": "start", "seqs": payload, "capacity": capacity, **options}))
+        # The first reply includes the worker's start-up measurements and prefill.
+        return self._recv_reply(len(seqs), timeout_s=max(self.timeout_s, 600.0))
+
+    def round(self, keep: list[bool], outcomes: list[tuple[int, int]], verify_s: float) -> Reply:
+        buf = encode_outcomes(self._max_batch, keep, outcomes, int(verify_s * 1e6))
+        self._guard(lambda: self.channel.send(buf))
+        return self._recv_reply(len(outcomes))
+
+    def end_batch(self) -> None:
+        if self.healthy:
+            self._guard(lambda: self.channel.send(encode_end(self._max_batch)))
+
+    def _recv_reply(self, rows: int, timeout_s: float | None = None) -> Reply:
+        def receive():
+            head, stats = reply_buffers(self._max_batch)
+            self.recv(head, timeout_s)
+            self.recv(stats, timeout_s)
+            reply = decode_reply(head, stats, rows)
+            count = sum(reply.has_q)
+            if count:
+                k = int(reply.stats["k"])
+                q = self.recv(torch.empty(count, k, self.vocab_size_target, dtype=torch.float32), timeout_s)
+                it = iter(q)
+                reply.q = [next(it)[: len(toks)] if has else None for toks, has in zip(reply.tokens, reply.has_q)]
+            return reply
+
+        return self._guard(receive)
+
+    def _guard(self, fn):
+        try:
+            return fn()
+        except WorkerFault:
+            self.healthy = False
+            raise
+        except Exception as e:  # gloo raises plain RuntimeErrors when the peer goes away
+            self.healthy = False
+            if self.proc.poll() is not None:
+                raise WorkerFault(f"worker exited with code {self.proc.returncode}") from e
+            raise WorkerFault(f"lost the connection to the worker: {str(e).splitlines()[0][:160]}") from e
+
+    def close(self) -> None:
+        if getattr(self, "healthy", False):
+            try:
+                self.channel.send_obj({"cmd": "shutdown"})
+            except Exception:
+                pass
+        self.healthy = False
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5.0)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid

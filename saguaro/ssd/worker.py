@@ -1,0 +1,237 @@
+"""The draft worker: its own process on its own cores (or CUDA device), drafting beside verification.
+
+Each round it answers the last outcome with the next speculation (a cache hit, or a backup on a
+miss), then drafts the branches for the speculation it just sent until the next outcome arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from saguaro.drafters.ngram import ngram_propose
+from saguaro.sampling.params import SamplingParams
+from saguaro.ssd.branches import BranchDrafter, DraftSequence
+from saguaro.ssd.budget import MAX_BRANCHES, choose_plan
+from saguaro.ssd.channel import Channel
+from saguaro.ssd.fanout import AcceptanceTracker, flat_fanout, validate_fanout
+from saguaro.ssd.protocol import CMD_END, K_MAX, Reply, decode_outcomes, encode_reply, outcome_buffer, pack_q
+from saguaro.ssd.spec_cache import CacheEntry
+
+log = logging.getLogger(__name__)
+DRAFT_SEED_SALT = 0x5A6A  # the draft's random stream differs from the target's for the same seed
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    host: str
+    port: int
+    draft: str
+    dtype: str
+    device: str
+    cores: list[int] | None
+    target_vocab: int
+    timeout_s: float
+    saguaro_c: float = 1.0
+    fault_after_rounds: int | None = None  # testing: the worker dies abruptly after this many rounds
+    log_level: int = logging.WARNING
+    extra: dict = field(default_factory=dict)
+
+
+def worker_main(cfg: WorkerConfig) -> None:
+    """Process entry point."""
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s saguaro-worker %(levelname)s %(message)s")
+    from saguaro.ssd.placement import pin_process
+
+    pin_process(cfg.cores)
+    channel = Channel(cfg.host, cfg.port, rank=1, timeout_s=cfg.timeout_s)
+    try:
+        from saguaro.engine.runner import ModelRunner
+        from saguaro.loading.loader import load_model
+
+        loaded = load_model(cfg.draft, device=cfg.device, dtype=cfg.dtype)
+    except Exception as e:  # reported to the engine, which raises it as a clear error
+        channel.send_obj({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        return
+    tok = loaded.tokenizer
+    channel.send_obj({
+        "ok": True,
+        "vocab_size": tok.vocab_size,
+        "sample_tokens": [tok.id_to_token(i) for i in range(0, tok.vocab_size, 97)],
+    })
+    Worker(cfg, channel, ModelRunner(loaded.decoder)).serve()
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig, channel: Channel, runner):
+        self.cfg = cfg
+        self.channel = channel
+        self.drafter = BranchDrafter(runner, cfg.target_vocab, cfg.saguaro_c)
+        self.runner = runner
+        self.tracker = AcceptanceTracker()
+        self.rounds = 0
+        self._step_times: dict[int, float] = {}
+
+    def serve(self) -> None:
+        while True:
+            msg = self.channel.recv_obj()
+            if msg["cmd"] == "shutdown":
+                return
+            if msg["cmd"] == "start":
+                self.run_batch(msg)
+
+    # ---- one batch ------------------------------------------------------------------------------
+
+    def run_batch(self, msg: dict) -> None:
+        seqs = [
+            DraftSequence(i, list(prompt), SamplingParams(**params), _generator(params.get("seed")))
+            for i, (prompt, params) in enumerate(msg["seqs"])
+        ]
+        max_b = len(seqs)
+        # Room for the speculation and every branch past the longest trunk.
+        self.drafter.start(seqs, msg["capacity"] + (K_MAX + 1) * (MAX_BRANCHES + 1))
+        k, fanout, budget = self._plan(msg, seqs)
+        backup = msg["backup"] if msg["backup"] != "auto" else ("neural" if max_b <= 2 else "ngram")
+        entries = self.drafter.jit(list(range(max_b)), k, fanout)
+        self._reply(max_b, k, [entries[b] for b in range(max_b)], [False] * max_b,
+                    {"k": k, "branches": budget})
+        while True:
+            buf = outcome_buffer(max_b)
+            work = self.channel.recv_async(buf)
+            stats = self.drafter.draft_branches(k, fanout, stop=work.done)
+            idle_start = time.perf_counter()
+            work.wait()
+            stats["idle_s"] = time.perf_counter() - idle_start
+            cmd, keep, outcomes, _ = decode_outcomes(buf)
+            if cmd == CMD_END:
+                return
+            self.rounds += 1
+            if self.cfg.fault_after_rounds is not None and self.rounds >= self.cfg.fault_after_rounds:
+                os._exit(17)
+            if not all(keep):
+                self.drafter.keep_rows([b for b, kept in enumerate(keep) if kept])
+            found, missed = [], []
+            for b, (n, t) in enumerate(outcomes):
+                s = self.drafter.seqs[b]
+                self._track(s, n, t, fanout)
+                entry = self.drafter.take(b, n, t)
+                found.append(entry)
+                if entry is None:
+                    missed.append(b)
+            backup_start = time.perf_counter()
+            for b, entry in self._backup(missed, k, fanout, backup).items():
+                found[b] = entry
+            stats["backup_s"] = time.perf_counter() - backup_start
+            if msg["fanout"] == "geometric":
+                fanout = self.tracker.fanout(k, budget)
+            stats.update(k=k, branches=sum(fanout))
+            self._reply(max_b, k, found, [b not in missed for b in range(len(found))], stats)
+
+    def _track(self, s: DraftSequence, n: int, t: int, fanout: list[int]) -> None:
+        kb = len(s.speculation)
+        self.tracker.update(n, kb)
+        same_n = [g for m, g in s.guesses if m == n]
+        if same_n:
+            self.tracker.record_guess(same_n.index(t) if t in same_n else None, len(same_n))
+
+    def _backup(self, missed: list[int], k: int, fanout: list[int], kind: str) -> dict[int, CacheEntry]:
+        if not missed:
+            return {}
+        if kind == "neural":
+            return self.drafter.jit(missed, k, fanout)
+        if kind == "ngram":
+            return {b: CacheEntry(ngram_propose(self.drafter.seqs[b].trunk, k), None) for b in missed}
+        return {b: CacheEntry([], None) for b in missed}  # "none": a plain AR step
+
+    def _reply(self, max_b: int, k: int, entries: list[CacheEntry], hit: list[bool], stats: dict) -> None:
+        for s, e in zip(self.drafter.seqs, entries):
+            s.speculation = list(e.tokens)
+        has_q = [e.q is not None for e in entries]
+        reply = Reply([e.tokens for e in entries], hit, None, has_q, stats)
+        head, stat_tensor = encode_reply(reply, max_b)
+        self.channel.send(head)
+        self.channel.send(stat_tensor)
+        q = pack_q([e.q for e in entries], k, self.cfg.target_vocab)
+        if q is not None:
+            self.channel.send(q)
+
+    # ---- budget ---------------------------------------------------------------------------------
+
+    def _plan(self, msg: dict, seqs: list[DraftSequence]) -> tuple[int, list[int], int]:
+        """K, the fan-out and its sum B: given explicitly, or chosen from measured latencies."""
+        fan_spec = msg["fanout"]  # an explicit list, a flat F per outcome (int), "flat" or "geometric"
+        if isinstance(fan_spec, list):
+            k = len(fan_spec) - 1
+            validate_fanout(fan_spec, k)
+            return k, list(fan_spec), sum(fan_spec)
+        k = msg.get("k")
+        per_outcome = fan_spec if isinstance(fan_spec, int) else None
+        verify = msg.get("verify_s") or {}
+        if verify and (k is None or per_outcome is None):
+            if k is not None:
+                verify = {k: verify[k]} if k in verify else {}
+        if verify and (k is None or per_outcome is None):
+            plan = choose_plan(verify, self._glue_times(verify, len(seqs)), self._branch_times(len(seqs)))
+            log.info("budget: K=%d, %d branches (draft %.0f ms vs verify %.0f ms)",
+                     plan.k, plan.branches, plan.draft_s * 1e3, plan.verify_s * 1e3)
+            k = plan.k
+            budget = plan.branches if per_outcome is None else per_outcome * (k + 1)
+        else:
+            k = k or 3
+            budget = (per_outcome or 1) * (k + 1)
+        if fan_spec == "geometric":
+            fanout = self.tracker.fanout(k, budget)
+        else:
+            fanout = flat_fanout(k, max(1, budget // (k + 1)))
+        return k, fanout, sum(fanout)
+
+    def _time_feed(self, rows: list[list[int]]) -> float:
+        cache = self.drafter.cache
+        lengths = list(cache.lengths)
+        start = time.perf_counter()
+        self.runner.feed(cache, rows, all_logits=True)
+        elapsed = time.perf_counter() - start
+        for b, n in enumerate(lengths):
+            cache.truncate(b, n)
+        return elapsed
+
+    def _glue_times(self, verify: dict, batch: int) -> dict[int, float]:
+        self._time_feed([[0]] * batch)  # warm-up
+        return {k: self._time_feed([[0] * (k + 1)] * batch) for k in verify}
+
+    def _branch_times(self, batch: int) -> dict[int, float]:
+        # A batched branch step costs about what a feed of that many tokens per row costs.
+        if not self._step_times:
+            for width in (1, 4, 8, 16, 32):
+                self._step_times[width] = self._time_feed([[0] * width] * batch)
+        return dict(self._step_times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m saguaro.ssd.worker --config JSON`: how the engine starts a worker (or a person
+    starts one on another host, pointing it at the engine's address)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="saguaro-worker")
+    parser.add_argument("--config", required=True, help="WorkerConfig fields as JSON")
+    args = parser.parse_args(argv)
+    worker_main(WorkerConfig(**json.loads(args.config)))
+    return 0
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    if seed is None:
+        g.manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+    else:
+        g.manual_seed((seed * 1_000_003 + DRAFT_SEED_SALT) & ((1 << 63) - 1))
+    return g
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

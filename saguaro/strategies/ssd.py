@@ -1,0 +1,129 @@
+"""Speculative speculative decoding: verification here, drafting in a worker at the same time.
+
+Each round verifies the speculation in hand, sends the outcome, and receives the next one: from
+the speculation cache on a hit, from a backup on a miss. A worker fault falls back to AR.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from saguaro.drafters.base import DraftProposal
+from saguaro.engine.runner import ModelRunner
+from saguaro.engine.sequence import Sequence
+from saguaro.kv_cache import KVCache
+from saguaro.metrics import SpeculationStats
+from saguaro.ssd.client import WorkerClient, WorkerFault
+from saguaro.ssd.protocol import K_MAX, Reply
+from saguaro.ssd.ssd_stats import SSDStats
+from saguaro.strategies.ar import ARStrategy
+from saguaro.strategies.base import Strategy
+from saguaro.strategies.sd import verify_batch
+
+log = logging.getLogger(__name__)
+
+
+class SSDStrategy(Strategy):
+    name = "ssd"
+    extra_slots = K_MAX + 1
+
+    def __init__(self, target: ModelRunner, client: WorkerClient, options: dict):
+        self.target = target
+        self.client = client
+        self.options = options  # k, fanout, backup: forwarded to the worker
+        self.fallback: ARStrategy | None = None
+        self.fault: str | None = None
+        self.pending: Reply | None = None
+        self.keep: list[bool] | None = None
+        self._verify_s: dict[int, dict[int, float]] = {}  # batch -> K -> seconds
+
+    # ---- batch life cycle ---------------------------------------------------------------------
+
+    def start(self, seqs: list[Sequence], capacity: int) -> None:
+        for s in seqs:
+            s.stats, s.ssd = SpeculationStats(), SSDStats()
+        self.keep = None
+        if self.fallback is not None:
+            return
+        options = dict(self.options, verify_s=self._verify_times(len(seqs)))
+        try:
+            self.pending = self.client.start_batch(seqs, capacity, options)
+        except WorkerFault as e:
+            self._fail(e)
+
+    def keep_rows(self, rows: list[int]) -> None:
+        if self.fallback is None:
+            count = len(self.pending.tokens)
+            self.keep = [b in rows for b in range(count)]
+            p = self.pending
+            self.pending = Reply([p.tokens[b] for b in rows], [p.hit[b] for b in rows],
+                                 None if p.q is None else [p.q[b] for b in rows],
+                                 [p.has_q[b] for b in rows], p.stats)
+
+    def finish(self, seqs: list[Sequence]) -> None:
+        if self.fallback is None:
+            try:
+                self.client.end_batch()
+            except WorkerFault as e:
+                self._fail(e)
+        for s in seqs:
+            s.extra.update(s.ssd.to_dict())
+            if self.fault:
+                s.extra.update(worker_fault=self.fault, fallback="ar")
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- rounds ---------------------------------------------------------------------------------
+
+    def step(self, seqs: list[Sequence], cache: KVCache) -> list[list[int]]:
+        if self.fallback is not None:
+            return self.fallback.step(seqs, cache)
+        spec = self.pending
+        proposal = DraftProposal(tokens=spec.tokens, q=spec.q)
+        t0 = time.perf_counter()
+        outcomes = verify_batch(self.target, seqs, cache, proposal)
+        t1 = time.perf_counter()
+        keep = self.keep or [True] * len(seqs)
+        try:
+            reply = self.client.round(keep, outcomes, t1 - t0)
+        except WorkerFault as e:
+            self._fail(e)
+            reply = None
+        t2 = time.perf_counter()
+        self.keep = None
+        for b, s in enumerate(seqs):
+            n, _ = outcomes[b]
+            s.stats.verify_s += t1 - t0
+            s.stats.draft_s += t2 - t1  # time the target waited for the next speculation
+            s.ssd.record_round(n, len(spec.tokens[b]), spec.hit[b], None if reply is None else reply.hit[b])
+            if reply is not None:
+                s.ssd.record_worker(reply.stats, t2 - t1)
+        self.pending = reply
+        return [spec.tokens[b][:n] + [t] for b, (n, t) in enumerate(outcomes)]
+
+    def _fail(self, error: Exception) -> None:
+        self.fault = str(error) or type(error).__name__
+        log.warning("SSD draft worker failed (%s); continuing with autoregressive decoding", self.fault)
+        self.fallback = ARStrategy(self.target)
+        self.pending = None
+        self.client.close()
+
+    def _verify_times(self, batch: int) -> dict[int, float]:
+        """Seconds the target takes to verify K + 1 tokens, for the worker's budget (once per batch size)."""
+        if self.options.get("k") is not None and not isinstance(self.options.get("fanout"), str):
+            return {}
+        if batch not in self._verify_s:
+            ks = [self.options["k"]] if self.options.get("k") else list(range(1, 9))
+            cache = self.target.new_cache(batch, 64)
+            self.target.feed(cache, [[0] * 8] * batch)  # warm-up and a short trunk
+            times = {}
+            for k in ks:
+                start = time.perf_counter()
+                self.target.feed(cache, [[0] * (k + 1)] * batch, all_logits=True)
+                times[k] = time.perf_counter() - start
+                for b in range(batch):
+                    cache.truncate(b, 8)
+            self._verify_s[batch] = times
+        return self._verify_s[batch]
