@@ -1,0 +1,77 @@
+"""Our decoder against HF transformers on the bundled GGUF models (transformers dequantizes the
+same file itself): float32 logits, and greedy tokens step by step."""
+
+import pytest
+import torch
+
+from saguaro.loading.bundled import bundled_gguf
+from saguaro.loading.loader import load_model
+from saguaro.engine.generate import run_batch
+from saguaro.engine.runner import ModelRunner
+from saguaro.engine.sequence import Sequence
+from saguaro.sampling.params import SamplingParams
+from saguaro.strategies.ar import ARStrategy
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "<|im_start|>user\nWrite a Python function that checks if a string is a palindrome.<|im_end|>\n<|im_start|>assistant\n",
+    "def merge_sorted(a, b):\n    \"\"\"Merge two sorted lists.\"\"\"\n",
+    "The three laws of thermodynamics are",
+]
+
+
+def hf_model(name):
+    from transformers import AutoModelForCausalLM
+
+    path = bundled_gguf(name)
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+
+def hf_greedy(model, ids, steps):
+    out, past = [], None
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        for _ in range(steps):
+            res = model(x, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            t = int(res.logits[0, -1].argmax())
+            out.append(t)
+            x = torch.tensor([[t]])
+    return out
+
+
+def our_greedy(runner, ids, steps):
+    """Through the engine's own generation loop and AR strategy."""
+    params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
+    seq = Sequence(ids, params, params.make_generator(), frozenset())
+    for _ in run_batch(runner, ARStrategy(runner), [seq]):
+        pass
+    return seq.output
+
+
+@pytest.fixture(scope="module", params=["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
+def pair(request):
+    ours = load_model(request.param, dtype="float32")
+    return request.param, ours, hf_model(request.param)
+
+
+def test_logits_match_hf(pair):
+    name, ours, hf = pair
+    ids = ours.tokenizer.encode(PROMPTS[0])
+    runner = ModelRunner(ours.decoder)
+    cache = runner.new_cache(1, len(ids))
+    mine = runner.feed(cache, [ids], all_logits=True)[0]  # [T, vocab]
+    with torch.inference_mode():
+        ref = hf(torch.tensor([ids])).logits[0].float()
+    assert mine.shape == ref.shape
+    assert (mine - ref).abs().max().item() < 1e-3, name
+    assert torch.equal(mine.argmax(-1), ref.argmax(-1))
+
+
+def test_greedy_32_tokens_match_hf(pair):
+    name, ours, hf = pair
+    runner = ModelRunner(ours.decoder)
+    for prompt in PROMPTS:
+        ids = ours.tokenizer.encode(prompt)
+        assert our_greedy(runner, ids, 32) == hf_greedy(hf, ids, 32), (name, prompt)

@@ -1,0 +1,127 @@
+"""SSD is exactly distributed as AR sampling from the target, through cache hits, misses with
+each backup, Saguaro sampling (C < 1), at batch 1 and batch > 1; greedy SSD equals greedy AR;
+a worker that dies mid-generation leaves the output exact (AR fallback)."""
+
+import os
+import signal
+
+import pytest
+
+from exactness import chi_square_pvalue, exact_distribution, sample_continuations
+from saguaro import LLM, SamplingParams
+from saguaro.testing.random_model import write_random_model
+
+N_TOKENS = 3
+SAMPLES = 20_000
+SAMPLES_BATCH1 = 1_000  # one generate call each, with a worker round trip per round: see SD's note
+ALPHA = 1e-3
+PROMPT = [3, 5, 7, 3, 5, 7, 3]
+T1 = SamplingParams(temperature=1.0)
+T07 = SamplingParams(temperature=0.7, top_k=5, top_p=0.9)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ssd_exactness")
+    target = write_random_model(root / "target", seed=11, scale=0.25, vocab=8, hidden=32, layers=2,
+                                heads=4, kv_heads=2, intermediate=64, context=64)
+    draft = write_random_model(root / "draft", seed=22, scale=0.25, vocab=8, hidden=16, layers=1,
+                               heads=2, kv_heads=1, intermediate=32, context=64)
+    return str(target), str(draft)
+
+
+@pytest.fixture(scope="module")
+def make_ssd(folders):
+    made = []
+
+    def make(**options):
+        llm = LLM(target=folders[0], draft=folders[1], mode="ssd", dtype="float32", **options)
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        llm.close()
+
+
+def check_exact(llm, folders, params, samples, batch):
+    exact = exact_distribution(folders[0], PROMPT, N_TOKENS, params.temperature, params.top_k, params.top_p)
+    counts = sample_continuations(llm, PROMPT, N_TOKENS, params, samples, batch=batch)
+    pvalue = chi_square_pvalue(counts, exact)
+    print(f"chi-square p = {pvalue:.4g}")
+    assert pvalue > ALPHA
+
+
+def hit_rate(llm, params, n=40):
+    res = llm.generate([PROMPT] * n, [SamplingParams(temperature=params.temperature, top_k=params.top_k,
+                                                     top_p=params.top_p, seed=50_000 + i, max_tokens=12,
+                                                     ignore_eos=True) for i in range(n)])
+    hits = [r.metrics.extra["hit_rate"] for r in res]
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize(
+    "params, options",
+    [
+        (T1, dict(k=2, fanout=1, backup="neural")),
+        (T07, dict(k=3, fanout=1, backup="ngram", saguaro_c=0.5)),
+        (T1, dict(k=2, fanout="geometric", backup="none", saguaro_c=0.8)),
+    ],
+    ids=["t1-neural", "t0.7-ngram-c0.5", "t1-none-geometric-c0.8"],
+)
+def test_ssd_batched_exact(make_ssd, folders, params, options):
+    llm = make_ssd(**options)
+    rate = hit_rate(llm, params)
+    assert 0 < rate < 1, "the test must see both cache hits and misses"
+    check_exact(llm, folders, params, SAMPLES, batch=2_000)
+
+
+def test_ssd_batch1_exact(make_ssd, folders):
+    llm = make_ssd(k=2, fanout=2, backup="neural", saguaro_c=0.7)
+    check_exact(llm, folders, T1, SAMPLES_BATCH1, batch=1)
+
+
+@pytest.mark.parametrize("options", [dict(k=3, fanout=1, backup="neural"), dict(k=2, fanout=2, backup="ngram"),
+                                     dict(fanout="geometric", backup="none")])
+def test_ssd_greedy_equals_ar(make_ssd, folders, options):
+    ar = LLM(target=folders[0], dtype="float32")
+    ssd = make_ssd(**options)
+    prompts = [PROMPT, [1, 2], [4, 4, 4, 4, 6]]
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+    assert [r.token_ids for r in ssd.generate(prompts, params)] == [r.token_ids for r in ar.generate(prompts, params)]
+
+
+def test_ssd_seed_reproducible(make_ssd):
+    llm = make_ssd(k=2, fanout=1)
+    params = SamplingParams(temperature=1.0, seed=123, max_tokens=20, ignore_eos=True)
+    assert llm.generate([PROMPT], params)[0].token_ids == llm.generate([PROMPT], params)[0].token_ids
+
+
+def test_worker_dying_mid_generation_falls_back_exactly(make_ssd, folders):
+    ar = LLM(target=folders[0], dtype="float32")
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    llm = make_ssd(k=2, fanout=1, fault_after_rounds=3)
+    res = llm.generate([PROMPT, [1, 2]], params)
+    assert [r.token_ids for r in res] == [r.token_ids for r in ar.generate([PROMPT, [1, 2]], params)]
+    assert "worker_fault" in res[0].metrics.extra and res[0].metrics.extra["fallback"] == "ar"
+    # Later requests on the same LLM keep working, exactly, without the worker.
+    assert llm.generate([PROMPT], params)[0].token_ids == ar.generate([PROMPT], params)[0].token_ids
+
+
+def test_worker_killed_between_requests(make_ssd, folders):
+    ar = LLM(target=folders[0], dtype="float32")
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    llm = make_ssd(k=2, fanout=1, worker_timeout=10)
+    llm.generate([PROMPT], params)
+    os.kill(llm.strategy.client.pid, signal.SIGKILL)
+    res = llm.generate([PROMPT], params)[0]
+    assert res.token_ids == ar.generate([PROMPT], params)[0].token_ids
+    assert res.metrics.extra["fallback"] == "ar"
+
+
+def test_close_leaves_no_process(folders):
+    llm = LLM(target=folders[0], draft=folders[1], mode="ssd", dtype="float32", k=2)
+    pid = llm.strategy.client.pid
+    llm.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
