@@ -62,6 +62,7 @@ class LLM:
         backup: str = "auto",
         worker_timeout: float = 30.0,
         fault_after_rounds: int | None = None,
+        draft_head_tokens: int | None = None,
     ):
         """`target_cores` pins the engine (the whole of it in AR and SD); `draft_cores` and
         `draft_device` place SSD's draft worker. See StrategyOptions for the SSD knobs."""
@@ -77,7 +78,7 @@ class LLM:
             mode=mode, k=k, draft_is_ngram=draft == NGRAM,
             draft_cores=tuple(draft_cores) if draft_cores else None, draft_device=draft_device,
             fanout=fanout, saguaro_c=saguaro_c, backup=backup, worker_timeout=worker_timeout,
-            fault_after_rounds=fault_after_rounds,
+            fault_after_rounds=fault_after_rounds, draft_head_tokens=draft_head_tokens,
         )
         pin_process(cores)
         if self.options.needs_draft_model and draft is None:

@@ -18,7 +18,7 @@ from saguaro.sampling.params import SamplingParams
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODE = "ar"
+DEFAULT_MODE = "ssd"  # for the bundled pair, or any target given with a --draft
 MODES = ("ar", "sd", "ssd")
 USAGE_ERROR = 2
 INTERRUPTED = 130
@@ -58,7 +58,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--target", help=f"model: bundled name, .gguf file, HF folder or hub id (default {DEFAULT_TARGET})")
     g.add_argument("--draft", help=f"draft model or 'ngram' for sd/ssd (default {DEFAULT_DRAFT} with the bundled target)")
-    g.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=f"decoding strategy (default {DEFAULT_MODE})")
+    g.add_argument("--mode", choices=MODES, default=None,
+                   help=f"decoding strategy (default {DEFAULT_MODE} with a draft or the bundled pair, else ar)")
     g.add_argument("--k", type=int, help="speculation lookahead (tokens drafted per round)")
     g.add_argument("--dtype", help="float32, bfloat16 (default) or float16 (CUDA only)")
     g.add_argument("--device", help="cpu (default) or cuda[:N]")
@@ -122,6 +123,10 @@ def open_llm(args: argparse.Namespace):
     from saguaro.llm import LLM
 
     target, draft = args.target, args.draft
+    if args.mode is None:
+        args.mode = DEFAULT_MODE if (target is None or draft is not None) else "ar"
+        if args.mode == "ssd" and draft == "ngram":
+            args.mode = "sd"
     if target is None:
         target = DEFAULT_TARGET
         if draft is None and args.mode != "ar":

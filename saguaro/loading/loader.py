@@ -20,6 +20,7 @@ from saguaro.loading.weights import fuse_weights
 from saguaro.model.config import ModelConfig
 from saguaro.model.cpu_packing import pack_for_cpu
 from saguaro.model.decoder import Decoder
+from saguaro.model.head_subset import frequent_tokens, restrict_head
 from saguaro.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,19 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return resolved
 
 
-def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "bfloat16") -> LoadedModel:
+def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "bfloat16",
+               head_tokens: int | None = None) -> LoadedModel:
+    """`head_tokens` keeps only that many frequent tokens in the LM head (for drafts)."""
+    loaded = _load(ref, device, dtype)
+    if head_tokens is not None and head_tokens < loaded.config.vocab_size:
+        tok = loaded.tokenizer
+        always = set(tok.eos_token_ids) | set(tok.special_ids)
+        restrict_head(loaded.decoder, frequent_tokens(loaded.config.vocab_size, head_tokens, always))
+    pack_for_cpu(loaded.decoder)
+    return loaded
+
+
+def _load(ref: str, device: str, dtype) -> LoadedModel:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
@@ -68,7 +81,7 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "bfloat
 
 
 def _decoder(cfg: ModelConfig, weights: dict, device, dtype) -> Decoder:
-    return pack_for_cpu(Decoder(cfg, weights, device, dtype))
+    return Decoder(cfg, weights, device, dtype)
 
 
 def _looks_like_hub_id(ref: str) -> bool:

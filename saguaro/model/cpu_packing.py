@@ -39,6 +39,10 @@ def pack_for_cpu(decoder: Decoder) -> Decoder:
     for layer in decoder.layers:
         layer.qkv, layer.o = PackedLinear(layer.qkv), PackedLinear(layer.o)
         layer.gate_up, layer.down = PackedLinear(layer.gate_up), PackedLinear(layer.down)
-    decoder.lm_head = PackedLinear(decoder.lm_head)
+    head = decoder.lm_head
+    if hasattr(head, "inner"):  # a vocabulary-subset head: pack what it multiplies by
+        head.inner = PackedLinear(head.inner)
+    else:
+        decoder.lm_head = PackedLinear(head)
     log.debug("packed %d linears for oneDNN", len(decoder.linears()))
     return decoder

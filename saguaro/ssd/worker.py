@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,9 +37,9 @@ class WorkerConfig:
     target_vocab: int
     timeout_s: float
     saguaro_c: float = 1.0
+    head_tokens: int | None = None  # keep only this many frequent tokens in the draft's LM head
     fault_after_rounds: int | None = None  # testing: the worker dies abruptly after this many rounds
     log_level: int = logging.WARNING
-    extra: dict = field(default_factory=dict)
 
 
 def worker_main(cfg: WorkerConfig) -> None:
@@ -53,7 +53,7 @@ def worker_main(cfg: WorkerConfig) -> None:
         from saguaro.engine.runner import ModelRunner
         from saguaro.loading.loader import load_model
 
-        loaded = load_model(cfg.draft, device=cfg.device, dtype=cfg.dtype)
+        loaded = load_model(cfg.draft, device=cfg.device, dtype=cfg.dtype, head_tokens=cfg.head_tokens)
     except Exception as e:  # reported to the engine, which raises it as a clear error
         channel.send_obj({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return

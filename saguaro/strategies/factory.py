@@ -30,6 +30,7 @@ class StrategyOptions:
     backup: str = "auto"
     worker_timeout: float = 30.0
     fault_after_rounds: int | None = None  # testing only: the worker dies after this many rounds
+    draft_head_tokens: int | None = None  # the draft's LM head keeps only this many frequent tokens
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -40,6 +41,8 @@ class StrategyOptions:
             raise InvalidRequestError(f"saguaro_c must be in (0, 1], got {self.saguaro_c}")
         if self.backup not in BACKUPS:
             raise InvalidRequestError(f"backup must be one of {', '.join(BACKUPS)}, got {self.backup!r}")
+        if self.draft_head_tokens is not None and self.draft_head_tokens < 1:
+            raise InvalidRequestError("draft_head_tokens must be >= 1")
         if self.worker_timeout <= 0:
             raise InvalidRequestError("worker_timeout must be positive")
         object.__setattr__(self, "fanout", parse_fanout(self.fanout))
@@ -79,7 +82,7 @@ def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokeni
     if opts.mode == "sd":
         from saguaro.strategies.sd import SDStrategy
 
-        return SDStrategy(target, _drafter(target, tokenizer, draft, device, dtype), opts.k or 4)
+        return SDStrategy(target, _drafter(target, tokenizer, draft, device, dtype, opts.draft_head_tokens), opts.k or 4)
     return _ssd(opts, target, tokenizer, draft, device, dtype)
 
 
@@ -102,6 +105,7 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
             target_vocab=target.vocab_size,
             saguaro_c=opts.saguaro_c,
             fault_after_rounds=opts.fault_after_rounds,
+            head_tokens=opts.draft_head_tokens,
             log_level=logging.getLogger("saguaro").getEffectiveLevel(),
         ),
         timeout_s=opts.worker_timeout,
@@ -111,7 +115,7 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
     return SSDStrategy(target, client, {"k": opts.k, "fanout": fanout, "backup": opts.backup})
 
 
-def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype):
+def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype, head_tokens=None):
     if draft == NGRAM:
         from saguaro.drafters.prompt_lookup import NgramDrafter
 
@@ -119,7 +123,7 @@ def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtyp
     from saguaro.drafters.model_drafter import ModelDrafter
     from saguaro.loading.loader import load_model
 
-    loaded = load_model(draft, device=device, dtype=dtype)
+    loaded = load_model(draft, device=device, dtype=dtype, head_tokens=head_tokens)
     check_same_tokenizer(tokenizer, loaded.tokenizer)
     return ModelDrafter(ModelRunner(loaded.decoder), target.vocab_size)
 

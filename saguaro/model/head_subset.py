@@ -1,0 +1,38 @@
+"""Optional transform for a draft: an LM head over a subset of the vocabulary.
+
+The head is a large share of a small draft's weights (a quarter of Qwen2.5-0.5B's); keeping the
+most frequent tokens only makes every draft step cheaper. Tokens outside get logit -inf, so
+q = 0 there, and verification (which uses the q actually sampled) stays exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saguaro.model.decoder import Decoder, Linear
+
+
+class SubsetHead(Linear):
+    def __init__(self, head: Linear, keep: torch.Tensor, vocab: int):
+        super().__init__(head.weight[keep].contiguous(), None)  # [len(keep), hidden]
+        self.keep = keep  # [len(keep)] token ids
+        self.vocab = vocab
+        self.inner = Linear(self.weight)  # a packing transform may replace this
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        sub = self.inner(x)  # [..., len(keep)]
+        out = sub.new_full((*sub.shape[:-1], self.vocab), float("-inf"))  # [..., vocab]
+        out[..., self.keep] = sub
+        return out
+
+
+def frequent_tokens(vocab: int, count: int, always: set[int]) -> torch.Tensor:
+    """The first `count` ids plus `always` (special tokens). Byte-level BPE ids follow merge order,
+    which follows corpus frequency, so low ids are the frequent tokens."""
+    ids = set(range(min(count, vocab))) | {t for t in always if 0 <= t < vocab}
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def restrict_head(decoder: Decoder, keep: torch.Tensor) -> Decoder:
+    decoder.lm_head = SubsetHead(decoder.lm_head, keep.to(decoder.device), decoder.cfg.vocab_size)
+    return decoder
