@@ -41,7 +41,8 @@ def run_config(cfg: dict) -> dict:
 def suite_configs(suite: str, args) -> list[dict]:
     prompts = all_prompts(args.kinds)
     edit = all_prompts(["editing"])
-    base = dict(target=args.target, draft=args.draft, dtype=args.dtype, max_tokens=args.max_tokens, prompts=prompts)
+    base = dict(target=args.target, draft=args.draft, dtype=args.dtype, max_tokens=args.max_tokens, prompts=prompts,
+                draft_head_tokens=args.draft_head_tokens)
     both, one, two = [0, 1], [0], [1]
     if suite == "ar":
         return [dict(base, name="hf ar", engine="hf", mode="hf_greedy", cores=both),
@@ -60,6 +61,8 @@ def suite_configs(suite: str, args) -> list[dict]:
     if suite == "ssd":
         out = []
         for setting, cores in (("a", one), ("b", both)):
+            if setting not in args.settings:
+                continue
             out.append(dict(base, name=f"({setting}) saguaro ar", engine="saguaro", mode="ar", cores=cores))
             out += [dict(base, name=f"({setting}) saguaro sd k={k}", engine="saguaro", mode="sd", k=k, cores=cores)
                     for k in args.ks]
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ks", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7, 8], help="SD lookaheads")
     p.add_argument("--ssd-k", type=int, default=None, help="SSD lookahead (default: from the budget)")
     p.add_argument("--fanout", default="flat")
+    p.add_argument("--draft-head-tokens", type=int, default=None,
+                   help="SD/SSD drafts keep only this many frequent tokens in their LM head")
+    p.add_argument("--settings", nargs="*", default=["a", "b"], help="ssd suite: which CPU settings to run")
     p.add_argument("--out", default="docs", help="folder for the JSON and PNG")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 
 from saguaro.drafters.model_drafter import align_vocab, sample_rows
@@ -41,7 +39,6 @@ class BranchDrafter:
         self.seqs: list[DraftSequence] = []
         self.cache = None
         self.spec_cache = SpeculationCache()
-        self.depth_reached = 0
 
     def start(self, seqs: list[DraftSequence], capacity: int) -> None:
         self.seqs = seqs
@@ -100,12 +97,8 @@ class BranchDrafter:
             [probs_for_params(align_vocab(logits[b], self.vocab), s.params) for b, s in enumerate(self.seqs)]
         )
 
-    def draft_branches(self, k: int, fanout: list[int], stop: Callable[[], bool] = lambda: False) -> dict:
-        """Glue, predict outcomes, then up to k batched branch steps; returns timing figures.
-
-        `stop` is polled between steps: when the real outcome has arrived, drafting deeper
-        would only delay it, so branches keep the depth they reached.
-        """
+    def draft_branches(self, k: int, fanout: list[int]) -> dict:
+        """Glue, predict outcomes, then k batched branch steps; returns timing figures."""
         t0 = time.perf_counter()
         q_glue = self.glue()
         t1 = time.perf_counter()
@@ -121,10 +114,7 @@ class BranchDrafter:
         tokens = torch.tensor([[t for _, t in g] for g in padded])  # [B, NB]
         drafted = [[[] for _ in range(width)] for _ in self.seqs]
         qs = [[[] for _ in range(width)] for _ in self.seqs]
-        steps = 0
         for depth in range(k):
-            if depth > 0 and stop():
-                break
             logits = self._branch_forward(tokens, padded, depth)  # [B, NB, draft_vocab]
             nxt = []
             for b, s in enumerate(self.seqs):
@@ -136,13 +126,11 @@ class BranchDrafter:
                         qs[b][j].append(q[j])
                 nxt.append(picks.tolist())
             tokens = torch.tensor(nxt)
-            steps = depth + 1
-        self.depth_reached = steps
         for b, s in enumerate(self.seqs):
             for j, (n, t) in enumerate(s.guesses):
                 q = torch.stack(qs[b][j]) if qs[b][j] else None
                 self.spec_cache.put(s.key, n, t, CacheEntry(drafted[b][j], q))
-        return {"glue_s": t1 - t0, "branch_s": time.perf_counter() - t1, "depth": self.depth_reached}
+        return {"glue_s": t1 - t0, "branch_s": time.perf_counter() - t1, "depth": k}
 
     def _branch_forward(self, tokens: torch.Tensor, guesses: list[list[tuple[int, int]]], depth: int):
         width = tokens.shape[1]

@@ -49,7 +49,7 @@ def choose_plan(
     verify_s: dict[int, float],  # K -> seconds to verify K + 1 tokens
     glue_s: dict[int, float],  # K -> seconds of the draft's glue forward over K + 1 tokens
     step_s: dict[int, float],  # branches -> seconds of one batched branch step
-    accept_rate: float = 0.7,
+    accept_rate: float = 0.8,
     max_fan: int = 4,
     jit_step_s: float | None = None,  # one draft forward, what a miss costs per token (neural backup)
 ) -> Plan:

@@ -101,9 +101,6 @@ class Worker:
         k, fanout, budget = self._plans[key]
         # Fresh estimates per batch, so a seeded request replays the same fan-out decisions.
         self.tracker = AcceptanceTracker()
-        # Seeded requests must replay exactly, so drafting depth must not depend on timing.
-        seeded = any(s.params.seed is not None for s in seqs)
-        stop_early = (lambda pending: (lambda: False)) if seeded else (lambda pending: pending.done)
         backup = msg["backup"] if msg["backup"] != "auto" else ("neural" if max_b <= 2 else "ngram")
         entries = self.drafter.jit(list(range(max_b)), k, fanout)
         self._reply(max_b, k, [entries[b] for b in range(max_b)], [False] * max_b,
@@ -111,7 +108,9 @@ class Worker:
         while True:
             buf = outcome_buffer(max_b)
             work = self.channel.recv_async(buf)
-            stats = self.drafter.draft_branches(k, fanout, stop=stop_early(work))
+            # Branches are always drafted to the planned depth: the plan already weighed a longer
+            # draft against the target's wait, and timing-independent drafting keeps seeds exact.
+            stats = self.drafter.draft_branches(k, fanout)
             idle_start = time.perf_counter()
             work.wait()
             stats["idle_s"] = time.perf_counter() - idle_start
