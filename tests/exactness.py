@@ -175,3 +175,15 @@ def chi_square_pvalue_joint(counts: list[Counter], distributions: list[dict], mi
         joint_counts.update({(i, k): v for k, v in c.items()})
         joint_probs.update({(i, k): share * p for k, p in dist.items()})
     return chi_square_pvalue(joint_counts, joint_probs, min_expected)
+
+
+def write_tiny_pair(root: Path) -> tuple[str, str]:
+    """A tiny random target (vocab 8) and a different, smaller random draft, so p != q and both
+    acceptance and rejection happen."""
+    from saguaro.testing.random_model import write_random_model
+
+    target = write_random_model(root / "target", seed=11, scale=0.25, vocab=8, hidden=32, layers=2,
+                                heads=4, kv_heads=2, intermediate=64, context=64)
+    draft = write_random_model(root / "draft", seed=22, scale=0.25, vocab=8, hidden=16, layers=1,
+                               heads=2, kv_heads=1, intermediate=32, context=64)
+    return str(target), str(draft)

@@ -120,16 +120,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def qwen_gguf():
-    from saguaro.loading.bundled import bundled_gguf
-
-    try:
-        return bundled_gguf("qwen2.5-coder-0.5b")
-    except ModelLoadError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
 def qwen(qwen_gguf):
     return Tokenizer.from_files(*tokenizer_files_from_gguf(gguf.GGUFReader(qwen_gguf)))
 

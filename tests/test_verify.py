@@ -1,12 +1,11 @@
 """Verification rule: exactness checked empirically against analytic outcome probabilities."""
 
-import itertools
 
 import pytest
 import torch
 from scipy import stats
 
-from saguaro.verify import Verification, one_hot_q, verify_greedy, verify_sampled
+from saguaro.verify import one_hot_q, verify_greedy, verify_sampled
 
 T = torch.tensor
 

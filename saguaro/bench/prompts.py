@@ -16,7 +16,6 @@ EDIT_SOURCE = '''def total_price(items, tax):
 
 PROMPTS: dict[str, list[str]] = {
     "code": [
-        "Write a Python function that returns the n-th Fibonacci number iteratively.",
         "Write a Python class for a stack with push, pop and peek methods.",
     ],
     "instruction": [

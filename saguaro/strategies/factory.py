@@ -55,14 +55,14 @@ class StrategyOptions:
 
 
 def parse_fanout(spec):
-    """'flat', 'geometric', '2' (F per outcome) or '3,2,1,2' (F_0..F_K) -> a validated value."""
+    """'flat', 'geometric', '2' (F per outcome, 1..4) or '3,2,1,2' (F_0..F_K) -> a validated value."""
     if isinstance(spec, str) and spec in ("flat", "geometric"):
         return spec
     try:
         if isinstance(spec, str):
             parts = [int(p) for p in spec.split(",")]
             spec = parts[0] if len(parts) == 1 else tuple(parts)
-        if isinstance(spec, int) and not isinstance(spec, bool) and spec >= 1:
+        if isinstance(spec, int) and not isinstance(spec, bool) and 1 <= spec <= 4:
             return spec
         spec = tuple(int(f) for f in spec)
     except (TypeError, ValueError):

@@ -16,7 +16,7 @@ from saguaro.kv_cache import KVCache
 from saguaro.metrics import SpeculationStats
 from saguaro.sampling.probs import probs_for_params
 from saguaro.strategies.base import Strategy
-from saguaro.verify import Verification, one_hot_q, verify_greedy, verify_sampled
+from saguaro.verify import one_hot_q, verify_greedy, verify_sampled
 
 
 def verify_row(logits: torch.Tensor, seq: Sequence, spec: list[int], q: torch.Tensor | None) -> tuple[int, int]:
@@ -52,7 +52,9 @@ class SDStrategy(Strategy):
 
     def step(self, seqs: list[Sequence], cache: KVCache) -> list[list[int]]:
         t0 = time.perf_counter()
-        proposal = self.drafter.propose(seqs, self.k)
+        # No sequence can use more than its remaining tokens minus the recovery/bonus token.
+        left = max(s.params.max_tokens - len(s.output) for s in seqs)
+        proposal = self.drafter.propose(seqs, max(1, min(self.k, left - 1)))
         t1 = time.perf_counter()
         out = self.verify(seqs, cache, proposal)
         t2 = time.perf_counter()

@@ -141,7 +141,11 @@ def test_default_target_is_bundled_pair(monkeypatch):
     assert seen == dict(target=bundled.DEFAULT_TARGET, draft=bundled.DEFAULT_DRAFT, mode="sd",
                         target_cores=[0, 1], fanout="flat")
     cli.open_llm(parser.parse_args(["generate", "x"]))
-    assert seen["mode"] == cli.DEFAULT_MODE and seen["draft"] is None
+    assert seen["mode"] == cli.DEFAULT_MODE == "ssd" and seen["draft"] == bundled.DEFAULT_DRAFT
+    cli.open_llm(parser.parse_args(["generate", "x", "--target", "some.gguf"]))
+    assert seen["mode"] == "ar" and seen["draft"] is None  # no draft given: plain AR
+    cli.open_llm(parser.parse_args(["generate", "x", "--target", "a.gguf", "--draft", "ngram"]))
+    assert seen["mode"] == "sd"  # the n-gram drafter has no SSD worker
     # A knob this engine does not take is a user error, not a TypeError.
     with pytest.raises(cli.UsageError, match="--backup"):
         cli.open_llm(parser.parse_args(["generate", "x", "--backup", "ngram"]))

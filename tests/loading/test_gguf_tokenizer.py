@@ -86,16 +86,6 @@ def test_sentencepiece_is_rejected(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen_gguf():
-    from saguaro.loading.bundled import bundled_gguf
-
-    try:
-        return bundled_gguf("qwen2.5-coder-0.5b")
-    except ModelLoadError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
 def ours(qwen_gguf):
     text, config = tokenizer_files_from_gguf(gguf.GGUFReader(qwen_gguf))
     return json.loads(text), config

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from exactness import (
+    write_tiny_pair,
     chi_square_pvalue,
     chi_square_pvalue_joint,
     exact_distribution,
@@ -18,7 +19,6 @@ from saguaro import LLM, SamplingParams
 from saguaro.engine.runner import ModelRunner
 from saguaro.loading.loader import load_model
 from saguaro.sampling.probs import draw_uniforms, inverse_cdf, logits_to_probs
-from saguaro.testing.random_model import write_random_model
 from saguaro.verify import Verification, verify_greedy
 
 N_TOKENS = 3  # the first 3 generated tokens: 8**3 = 512 cells
@@ -49,13 +49,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd_exactness")
-    target = write_random_model(root / "target", seed=11, scale=0.25, vocab=8, hidden=32, layers=2,
-                                heads=4, kv_heads=2, intermediate=64, context=64)
-    # A different model (other seed, shape), so p != q and both acceptance and rejection happen.
-    draft = write_random_model(root / "draft", seed=22, scale=0.25, vocab=8, hidden=16, layers=1,
-                               heads=2, kv_heads=1, intermediate=32, context=64)
-    return str(target), str(draft)
+    return write_tiny_pair(tmp_path_factory.mktemp("sd_exactness"))
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ import signal
 
 import pytest
 
-from exactness import chi_square_pvalue, exact_distribution, sample_continuations
+from exactness import chi_square_pvalue, exact_distribution, sample_continuations, write_tiny_pair
 from saguaro import LLM, SamplingParams
-from saguaro.testing.random_model import write_random_model
 
 N_TOKENS = 3
 SAMPLES = 20_000
@@ -22,12 +21,7 @@ T07 = SamplingParams(temperature=0.7, top_k=5, top_p=0.9)
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ssd_exactness")
-    target = write_random_model(root / "target", seed=11, scale=0.25, vocab=8, hidden=32, layers=2,
-                                heads=4, kv_heads=2, intermediate=64, context=64)
-    draft = write_random_model(root / "draft", seed=22, scale=0.25, vocab=8, hidden=16, layers=1,
-                               heads=2, kv_heads=1, intermediate=32, context=64)
-    return str(target), str(draft)
+    return write_tiny_pair(tmp_path_factory.mktemp("ssd_exactness"))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,81 @@
+"""The engine-worker messages round-trip; the budget picks plans from hand-made latencies;
+placement and fan-out options parse and reject bad values."""
+
+import pytest
+import torch
+
+from saguaro.errors import InvalidRequestError
+from saguaro.ssd.budget import MAX_BRANCHES, choose_plan, expected_tokens
+from saguaro.ssd.placement import parse_cores, split_cores
+from saguaro.ssd.protocol import (CMD_END, CMD_ROUND, K_MAX, Reply, decode_outcomes, decode_reply,
+                                  encode_end, encode_outcomes, encode_reply, pack_q)
+from saguaro.ssd.spec_cache import CacheEntry, SpeculationCache
+from saguaro.strategies.factory import parse_fanout
+
+
+def test_outcomes_round_trip():
+    buf = encode_outcomes(4, [True, False, True], [(2, 17), (0, 5)], verify_us=1234)
+    assert decode_outcomes(buf) == (CMD_ROUND, [True, False, True], [(2, 17), (0, 5)], 1234)
+    assert decode_outcomes(encode_end(4))[0] == CMD_END
+    with pytest.raises(ValueError):
+        encode_outcomes(2, [True, True], [(1, 1)], 0)
+
+
+def test_reply_round_trip():
+    reply = Reply([[5, 6, 7], [], [9]], [True, False, True], None, [False, False, True],
+                  {"glue_s": 0.5, "k": 3, "branches": 8})
+    head, stats = encode_reply(reply, max_batch=4)
+    assert head.shape == (4, 3 + K_MAX)
+    back = decode_reply(head, stats, rows=3)
+    assert back.tokens == reply.tokens and back.hit == reply.hit and back.has_q == reply.has_q
+    assert back.stats["k"] == 3 and back.stats["glue_s"] == 0.5
+    with pytest.raises(ValueError):
+        encode_reply(Reply([list(range(K_MAX + 1))], [True], None, [False], {}), 1)
+
+
+def test_pack_q_pads_rows():
+    q = pack_q([torch.ones(2, 5), None, torch.full((3, 5), 2.0)], k=3, vocab=5)
+    assert q.shape == (2, 3, 5) and q[0, 2].sum() == 0 and q[1, 2, 0] == 2.0
+    assert pack_q([None, None], 3, 5) is None
+
+
+def test_speculation_cache_keys():
+    c = SpeculationCache()
+    c.put(1, 2, 40, CacheEntry([1, 2], None))
+    c.put(1, 2, 41, CacheEntry([], None))  # a branch with no token is not a speculation
+    c.put(2, 2, 40, CacheEntry([3], None))
+    assert c.lookup(1, 2, 40).tokens == [1, 2] and c.lookup(1, 2, 41) is None
+    assert c.lookup(1, 1, 40) is None
+    c.clear(1)
+    assert c.lookup(1, 2, 40) is None and c.lookup(2, 2, 40).tokens == [3] and len(c) == 1
+
+
+def test_budget_prefers_plans_that_fit_and_longer_k_when_cheap():
+    verify = {k: 0.20 + 0.01 * k for k in range(1, 9)}
+    cheap_glue = {k: 0.01 for k in verify}
+    cheap_step = {1: 0.01, 4: 0.01, 8: 0.012, 16: 0.015, 32: 0.02}
+    plan = choose_plan(verify, cheap_glue, cheap_step, accept_rate=0.9)
+    assert plan.fits and plan.k >= 6
+    dear_step = {1: 0.15, 4: 0.15, 8: 0.16, 16: 0.18, 32: 0.25}
+    dear = choose_plan(verify, {k: 0.15 for k in verify}, dear_step, accept_rate=0.9)
+    assert dear.k < plan.k
+    assert dear.branches <= MAX_BRANCHES
+
+
+def test_expected_tokens():
+    assert expected_tokens(0, 0.5) == 1
+    assert expected_tokens(3, 0.5) == pytest.approx(1.875)
+
+
+def test_cores_and_fanout_options():
+    assert parse_cores("0") == [0] and parse_cores([0]) == [0] and parse_cores(None) is None
+    with pytest.raises(InvalidRequestError):
+        parse_cores("zero")
+    with pytest.raises(InvalidRequestError):
+        parse_cores([999])
+    t, d = split_cores(None, None)
+    assert not set(t) & set(d) or len(t + d) < 2
+    assert parse_fanout("flat") == "flat" and parse_fanout("2") == 2 and parse_fanout("3,2,1") == (3, 2, 1)
+    for bad in ("x", "0", "-1,2", "7", [0, 0]):
+        with pytest.raises(InvalidRequestError):
+            parse_fanout(bad)
