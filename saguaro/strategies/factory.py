@@ -125,6 +125,10 @@ def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtyp
 
     loaded = load_model(draft, device=device, dtype=dtype, head_tokens=head_tokens)
     check_same_tokenizer(tokenizer, loaded.tokenizer)
+    if loaded.config.vocab_size < tokenizer.vocab_size:
+        raise InvalidRequestError(
+            f"the draft embeds {loaded.config.vocab_size} tokens but the tokenizer has {tokenizer.vocab_size}"
+        )
     return ModelDrafter(ModelRunner(loaded.decoder), target.vocab_size)
 
 
