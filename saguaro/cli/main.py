@@ -31,6 +31,7 @@ OPTIONAL_LLM_FLAGS = {
     "fanout": "--fanout",
     "saguaro_c": "--saguaro-c",
     "backup": "--backup",
+    "draft_head_tokens": "--draft-head-tokens",
 }
 
 
@@ -69,7 +70,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--draft-cores", type=_core_list, metavar="LIST", help="CPU cores for the draft, e.g. 1")
     s.add_argument("--draft-device", help="device of the draft model")
     s.add_argument("--fanout", help="fan-out allocation across speculation positions")
-    s.add_argument("--saguaro-c", type=float, metavar="C", help="fan-out constant C")
+    s.add_argument("--saguaro-c", type=float, metavar="C",
+                   help="Saguaro sampling factor in (0, 1]: below 1 trades acceptance for cache hits")
+    s.add_argument("--draft-head-tokens", type=int, metavar="N",
+                   help="the draft's LM head keeps only the N most frequent tokens (cheaper drafting, still exact)")
     s.add_argument("--backup", help="backup speculator used on a speculation-cache miss")
 
 
