@@ -52,9 +52,9 @@ class SDStrategy(Strategy):
 
     def step(self, seqs: list[Sequence], cache: KVCache) -> list[list[int]]:
         t0 = time.perf_counter()
-        # No sequence can use more than its remaining tokens minus the recovery/bonus token.
-        left = max(s.params.max_tokens - len(s.output) for s in seqs)
-        proposal = self.drafter.propose(seqs, max(1, min(self.k, left - 1)))
+        # Always K: a batch-dependent K would change how each sequence consumes its seeded
+        # generator, and a seed must reproduce its output whatever its batch companions.
+        proposal = self.drafter.propose(seqs, self.k)
         t1 = time.perf_counter()
         out = self.verify(seqs, cache, proposal)
         t2 = time.perf_counter()
