@@ -7,7 +7,6 @@ floating-point near-tie between the batched and the one-token forward); the test
 import gc
 
 import pytest
-import torch
 
 from saguaro import LLM, SamplingParams
 from saguaro.engine.runner import ModelRunner
