@@ -171,6 +171,10 @@ class Tokenizer:
         """Number of ids, added tokens included."""
         return self._backend.get_vocab_size(with_added_tokens=True)
 
+    def fingerprint(self) -> tuple[int, list[str | None]]:
+        """(size, every 97th token): cheap to send and compare, enough to tell tokenizers apart."""
+        return self.vocab_size, [self.id_to_token(i) for i in range(0, self.vocab_size, 97)]
+
     @property
     def special_ids(self) -> frozenset[int]:
         """Ids of the special (control) tokens."""

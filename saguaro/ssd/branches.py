@@ -130,7 +130,7 @@ class BranchDrafter:
             for j, (n, t) in enumerate(s.guesses):
                 q = torch.stack(qs[b][j]) if qs[b][j] else None
                 self.spec_cache.put(s.key, n, t, CacheEntry(drafted[b][j], q))
-        return {"glue_s": t1 - t0, "branch_s": time.perf_counter() - t1, "depth": k}
+        return {"glue_s": t1 - t0, "branch_s": time.perf_counter() - t1}
 
     def _branch_forward(self, tokens: torch.Tensor, guesses: list[list[tuple[int, int]]], depth: int):
         width = tokens.shape[1]

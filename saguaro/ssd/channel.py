@@ -37,8 +37,14 @@ class Channel:
         """Post a receive into `tensor`; poll it with done(), collect it with wait()."""
         return PendingRecv(self.pg.recv([tensor], self.peer, 0))
 
-    def recv(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.recv_async(tensor).wait()
+    def recv(self, tensor: torch.Tensor, wait=None) -> torch.Tensor:
+        """Receive into `tensor`; `wait(pending)` may replace the plain blocking wait (the engine
+        uses one that also watches the worker's liveness and a deadline)."""
+        pending = self.recv_async(tensor)
+        if wait is None:
+            pending.wait()
+        else:
+            wait(pending)
         return tensor
 
     def send_obj(self, obj) -> None:
@@ -46,9 +52,9 @@ class Channel:
         self.send(torch.tensor([data.numel()], dtype=torch.int64))
         self.send(data)
 
-    def recv_obj(self):
-        size = self.recv(torch.zeros(1, dtype=torch.int64))
-        data = self.recv(torch.empty(int(size[0]), dtype=torch.uint8))
+    def recv_obj(self, wait=None):
+        size = self.recv(torch.zeros(1, dtype=torch.int64), wait)
+        data = self.recv(torch.empty(int(size[0]), dtype=torch.uint8), wait)
         return pickle.loads(data.numpy().tobytes())
 
 

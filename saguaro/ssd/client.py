@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import json
-import pickle
 import subprocess
 import sys
 import threading
@@ -51,8 +50,7 @@ class WorkerClient:
         if not ready.get("ok"):
             self.close()
             raise ModelLoadError(f"the SSD draft worker could not load the draft: {ready.get('error')}")
-        self.vocab_size = ready["vocab_size"]
-        self.sample_tokens = ready["sample_tokens"]
+        self.tokenizer_fingerprint = tuple(ready["tokenizer"])
         self.healthy = True
         self._max_batch = 0
 
@@ -86,18 +84,17 @@ class WorkerClient:
         while not pending.wait(0.005):
             self._check_alive(deadline)
 
+    def _guarded(self, timeout_s: float | None):
+        return lambda pending: self._wait(pending, timeout_s or self.timeout_s)
+
     def recv(self, tensor: torch.Tensor, timeout_s: float | None = None) -> torch.Tensor:
-        self._wait(self.channel.recv_async(tensor), timeout_s or self.timeout_s)
-        return tensor
+        return self.channel.recv(tensor, self._guarded(timeout_s))
 
     def recv_obj(self, timeout_s: float | None = None):
-        size = self.recv(torch.zeros(1, dtype=torch.int64), timeout_s)
-        data = self.recv(torch.empty(int(size[0]), dtype=torch.uint8), timeout_s)
-        return pickle.loads(data.numpy().tobytes())
+        return self.channel.recv_obj(self._guarded(timeout_s))
 
     def check_tokenizer(self, tokenizer) -> None:
-        mine = [tokenizer.id_to_token(i) for i in range(0, tokenizer.vocab_size, 97)]
-        if tokenizer.vocab_size != self.vocab_size or mine != self.sample_tokens:
+        if tuple(tokenizer.fingerprint()) != self.tokenizer_fingerprint:
             self.close()
             raise InvalidRequestError("the draft's tokenizer differs from the target's; SSD needs the same one")
 

@@ -55,7 +55,7 @@ class Reply:
     has_q: list[bool]
     stats: dict  # the worker's figures for this round
 
-    STAT_NAMES = ("glue_s", "branch_s", "idle_s", "depth", "backup_s", "k", "branches")
+    STAT_NAMES = ("glue_s", "branch_s", "idle_s", "backup_s", "k", "branches")
 
 
 def reply_buffers(max_batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,12 +57,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     except Exception as e:  # reported to the engine, which raises it as a clear error
         channel.send_obj({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return
-    tok = loaded.tokenizer
-    channel.send_obj({
-        "ok": True,
-        "vocab_size": tok.vocab_size,
-        "sample_tokens": [tok.id_to_token(i) for i in range(0, tok.vocab_size, 97)],
-    })
+    channel.send_obj({"ok": True, "tokenizer": loaded.tokenizer.fingerprint()})
     Worker(cfg, channel, ModelRunner(loaded.decoder)).serve()
 
 
