@@ -63,6 +63,7 @@ class LLM:
         worker_timeout: float = 30.0,
         fault_after_rounds: int | None = None,
         draft_head_tokens: int | None = None,
+        ssd_worker: str = "auto",
     ):
         """`target_cores` pins the engine (the whole of it in AR and SD); `draft_cores` and
         `draft_device` place SSD's draft worker. See StrategyOptions for the SSD knobs."""
@@ -72,13 +73,13 @@ class LLM:
             torch.set_num_threads(threads)
         cores = parse_cores(target_cores)
         draft_cores = parse_cores(draft_cores)
-        if mode == "ssd" and (draft_device or device) == "cpu" and str(device) == "cpu":
+        if mode == "ssd" and ssd_worker != "thread" and (draft_device or device) == "cpu" and str(device) == "cpu":
             cores, draft_cores = split_cores(cores, draft_cores)
         self.options = StrategyOptions(
             mode=mode, k=k, draft_is_ngram=draft == NGRAM,
             draft_cores=tuple(draft_cores) if draft_cores else None, draft_device=draft_device,
             fanout=fanout, saguaro_c=saguaro_c, backup=backup, worker_timeout=worker_timeout,
-            fault_after_rounds=fault_after_rounds, draft_head_tokens=draft_head_tokens,
+            fault_after_rounds=fault_after_rounds, draft_head_tokens=draft_head_tokens, ssd_worker=ssd_worker,
         )
         pin_process(cores)
         if self.options.needs_draft_model and draft is None:

@@ -32,6 +32,7 @@ OPTIONAL_LLM_FLAGS = {
     "saguaro_c": "--saguaro-c",
     "backup": "--backup",
     "draft_head_tokens": "--draft-head-tokens",
+    "ssd_worker": "--ssd-worker",
 }
 
 
@@ -57,7 +58,8 @@ def _core_list(text: str) -> list[int]:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--target", help=f"model: bundled name, .gguf file, HF folder or hub id (default {DEFAULT_TARGET})")
+    g.add_argument("--target", help="model: bundled name, .gguf file, HF folder, hub id or random:<shape> "
+                   f"(default {DEFAULT_TARGET})")
     g.add_argument("--draft", help=f"draft model or 'ngram' for sd/ssd (default {DEFAULT_DRAFT} with the bundled target)")
     g.add_argument("--mode", choices=MODES, default=None,
                    help=f"decoding strategy (default {DEFAULT_MODE} with a draft or the bundled pair, else ar)")
@@ -75,6 +77,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--draft-head-tokens", type=int, metavar="N",
                    help="the draft's LM head keeps only the N most frequent tokens (cheaper drafting, still exact)")
     s.add_argument("--backup", help="backup speculator used on a speculation-cache miss")
+    s.add_argument("--ssd-worker", choices=("auto", "process", "thread"),
+                   help="the draft worker as its own process, or a thread on its own CUDA stream "
+                   "(auto: a thread when target and draft share one GPU)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:

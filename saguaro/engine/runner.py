@@ -20,9 +20,18 @@ def causal_mask(lengths: list[int], width: int, kv_len: int, device) -> torch.Te
 
 
 class ModelRunner:
-    def __init__(self, decoder: Decoder):
+    def __init__(self, decoder: Decoder, draft: bool = False):
+        """`draft`: tokens this model cannot embed (a target's larger vocabulary, e.g. its padding
+        rows) are fed as token 0 instead of failing. Only a draft may do this: its proposals are
+        verified, so a poorer guess costs speed, never exactness."""
         self.decoder = decoder
         self.device = decoder.device
+        self.draft = draft
+
+    def _inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.draft:
+            return tokens.masked_fill(tokens >= self.vocab_size, 0)
+        return tokens
 
     @property
     def vocab_size(self) -> int:
@@ -52,7 +61,7 @@ class ModelRunner:
         index = None
         if not all_logits:
             index = (torch.tensor(counts, device=self.device).unsqueeze(1) - 1).clamp(min=0)  # [B, 1]
-        logits = self.decoder.forward(tokens, slots, cache, slots, mask, logit_index=index)
+        logits = self.decoder.forward(self._inputs(tokens), slots, cache, slots, mask, logit_index=index)
         for b, n in enumerate(counts):
             cache.advance(b, n)
         logits = logits.float()
@@ -63,10 +72,16 @@ class ModelRunner:
         for start in range(0, max(map(len, rows), default=0), chunk):
             self.feed(cache, [r[start : start + chunk] for r in rows])
 
+    def sync(self) -> None:
+        """Wait for this thread's queued device work (timing on CUDA); a no-op on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+
     def forward_at(self, cache: KVCache, tokens, positions, slots, mask) -> torch.Tensor:
         """A forward with caller-chosen positions, slots and mask (SSD branches); lengths unchanged.
 
         tokens, positions, slots [B, T]; mask [B, T, kv_len]. Returns float32 logits [B, T, vocab].
         """
         cache.check_room(int(slots.max()) + 1)
-        return self.decoder.forward(tokens, positions, cache, slots, mask).float()
+        tokens, positions, slots, mask = (x.to(self.device) for x in (tokens, positions, slots, mask))
+        return self.decoder.forward(self._inputs(tokens), positions, cache, slots, mask).float()

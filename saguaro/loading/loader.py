@@ -1,6 +1,7 @@
 """One entry point from a model reference to a ready decoder and tokenizer.
 
-A reference is a bundled model name, a `.gguf` file, an HF folder, or a hub id.
+A reference is a bundled model name, a `.gguf` file, an HF folder, a hub id, or `random:<shape>`
+(random weights at a real model's shape, for benchmarks).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from saguaro.errors import ModelLoadError
-from saguaro.loading import bundled, gguf_file
+from saguaro.loading import bundled, gguf_file, random_ref
 from saguaro.loading.weights import fuse_weights
 from saguaro.model.config import ModelConfig
 from saguaro.model.cpu_packing import pack_for_cpu
@@ -65,6 +66,10 @@ def _load(ref: str, device: str, dtype) -> LoadedModel:
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
     torch_dtype = resolve_dtype(dtype, dev)
     path = Path(os.path.expanduser(ref))
+    if random_ref.is_random_ref(ref):
+        cfg, names, get, tokenizer = random_ref.load_random(ref, dev, torch_dtype)
+        return LoadedModel(_decoder(cfg, fuse_weights(cfg, names, get, dev, torch_dtype), dev, torch_dtype),
+                           tokenizer, cfg, ref)
     if ref in bundled.BUNDLED:
         folder = bundled_folder(ref)
         return _load_folder(folder, dev, torch_dtype, source=ref)
@@ -76,7 +81,7 @@ def _load(ref: str, device: str, dtype) -> LoadedModel:
         return _load_folder(_download(ref), dev, torch_dtype, source=ref)
     raise ModelLoadError(
         f"unknown model {ref!r}: not a bundled name ({', '.join(bundled.BUNDLED)}), "
-        "a .gguf file, a model folder, or a hub id"
+        "a .gguf file, a model folder, a hub id, or random:<shape>"
     )
 
 

@@ -52,9 +52,10 @@ def probs_for_params(logits: torch.Tensor, params: SamplingParams) -> torch.Tens
 def draw_uniforms(generators: list[torch.Generator], count: int, device: torch.device | str) -> torch.Tensor:
     """`count` uniforms in [0, 1) per sequence, each row from that sequence's own generator.
 
-    float64 so that inverse-CDF sampling resolves tiny probabilities. Generators must live on `device`.
+    float64 so that inverse-CDF sampling resolves tiny probabilities. Each generator draws on its
+    own device (a CPU generator serves CUDA rows too); the uniforms then move to `device`.
     """
-    rows = [torch.rand(count, generator=g, device=device, dtype=torch.float64) for g in generators]
+    rows = [torch.rand(count, generator=g, device=g.device, dtype=torch.float64).to(device) for g in generators]
     if not rows:
         return torch.empty(0, count, dtype=torch.float64, device=device)
     return torch.stack(rows)  # [batch, count]

@@ -86,16 +86,16 @@ class BranchDrafter:
     def glue(self) -> torch.Tensor:
         """Feed [last trunk token, s_1..s_K] per row; returns q_0..q_K [B, K_max + 1, vocab].
 
-        Rows with shorter speculations have garbage past their own K + 1 positions.
+        These rank the outcome guesses. Greedy rows get the draft's plain softmax: their sampling
+        q is one-hot, which would leave nothing to rank below s_{n+1}. Rows with shorter
+        speculations have garbage past their own K + 1 positions.
         """
         cache = self.cache
         for b, s in enumerate(self.seqs):
             cache.truncate(b, len(s.trunk) - 1)
         rows = [[s.trunk[-1]] + s.speculation for s in self.seqs]
         logits = self.runner.feed(cache, rows, all_logits=True)  # [B, K_max + 1, vocab]
-        return torch.stack(
-            [probs_for_params(align_vocab(logits[b], self.vocab), s.params) for b, s in enumerate(self.seqs)]
-        )
+        return torch.stack([_ranking(align_vocab(logits[b], self.vocab), s.params) for b, s in enumerate(self.seqs)])
 
     def draft_branches(self, k: int, fanout: list[int]) -> dict:
         """Glue, predict outcomes, then k batched branch steps; returns timing figures."""
@@ -155,3 +155,8 @@ class BranchDrafter:
         self.cache.truncate(b, min(self.cache.lengths[b], len(s.trunk) - 1))
         s.speculation = []
         return hit
+
+
+def _ranking(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution outcome prediction ranks by: q itself, or for greedy rows the draft's softmax."""
+    return torch.softmax(logits.float(), dim=-1) if params.greedy else probs_for_params(logits, params)

@@ -1,12 +1,15 @@
 """Choosing the lookahead K and the cache size from measured latencies.
 
 The draft must finish the glue forward and K branch steps within one verification, or the target
-waits; among plans that fit, pick the one with the most expected tokens per second.
+waits; among plans that fit, pick the one with the most expected tokens per second. Start-up
+timings are taken with the other side idle; `Observed` rescales them by what the rounds of a
+batch measured (both sides busy at once) so the next batch re-plans on real costs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 
 MAX_BRANCHES = 64  # the largest speculation cache a batch row may hold
 
@@ -55,18 +58,69 @@ def choose_plan(
 ) -> Plan:
     """The plan (K, B) maximising expected tokens per second, counting misses' backup cost."""
     best, best_score = None, -1.0
-    step1 = jit_step_s if jit_step_s is not None else _interpolate(step_s, 1)
     for k in sorted(verify_s):
         for fan in range(1, max_fan + 1):
             branches = fan * (k + 1)
             if branches > MAX_BRANCHES:
                 break
-            draft = glue_s.get(k, _interpolate(glue_s, k)) + k * _interpolate(step_s, branches)
-            plan = Plan(k, branches, draft, verify_s[k])
-            hit = hit_prior(fan)
-            # A round lasts the longer of the two sides; a miss adds K draft steps of backup.
-            round_s = max(plan.verify_s, draft) + (1 - hit) * k * step1
-            score = expected_tokens(k, accept_rate) / round_s
+            plan, score = score_plan(k, branches, verify_s, glue_s, step_s, accept_rate, jit_step_s)
             if score > best_score:
                 best, best_score = plan, score
     return best
+
+
+def score_plan(k: int, branches: int, verify_s: dict[int, float], glue_s: dict[int, float],
+               step_s: dict[int, float], accept_rate: float = 0.8,
+               jit_step_s: float | None = None) -> tuple[Plan, float]:
+    """(the plan, its expected tokens per second) for K and B under the given timings."""
+    step1 = jit_step_s if jit_step_s is not None else _interpolate(step_s, 1)
+    draft = glue_s.get(k, _interpolate(glue_s, k)) + k * _interpolate(step_s, branches)
+    plan = Plan(k, branches, draft, verify_s[k])
+    hit = hit_prior(branches / (k + 1))
+    # A round lasts the longer of the two sides; a miss adds K draft steps of backup.
+    round_s = max(plan.verify_s, draft) + (1 - hit) * k * step1
+    return plan, expected_tokens(k, accept_rate) / round_s
+
+
+@dataclass
+class Tables:
+    """Start-up measurements a plan is chosen from."""
+
+    verify_s: dict[int, float]  # K -> target verification of K + 1 tokens
+    glue_s: dict[int, float]  # K -> draft glue forward over K + 1 tokens
+    step_s: dict[int, float]  # branches -> one batched branch step
+
+
+@dataclass
+class Observed:
+    """What the rounds of a batch measured under the plan (k, branches) they ran."""
+
+    verify_s: list[float] = field(default_factory=list)
+    glue_s: list[float] = field(default_factory=list)
+    step_s: list[float] = field(default_factory=list)
+    accepted: int = 0
+    drafted: int = 0
+
+    def record(self, verify_s: float, glue_s: float, branch_s: float, k: int,
+               outcomes: list[tuple[int, int]], spec_lengths: list[int]) -> None:
+        self.verify_s.append(verify_s)
+        self.glue_s.append(glue_s)
+        self.step_s.append(branch_s / max(k, 1))
+        self.accepted += sum(n for n, _ in outcomes)
+        self.drafted += sum(spec_lengths)
+
+    @property
+    def rounds(self) -> int:
+        return len(self.verify_s)
+
+    def rescaled(self, tables: Tables, k: int, branches: int) -> Tables:
+        """The start-up tables times the measured/start-up ratio of each side (medians)."""
+        fv = statistics.median(self.verify_s) / tables.verify_s[k]
+        fg = statistics.median(self.glue_s) / tables.glue_s[k]
+        fs = statistics.median(self.step_s) / _interpolate(tables.step_s, branches)
+        return Tables({kk: v * fv for kk, v in tables.verify_s.items()},
+                      {kk: v * fg for kk, v in tables.glue_s.items()},
+                      {b: v * fs for b, v in tables.step_s.items()})
+
+    def accept_rate(self, prior: float = 0.8) -> float:
+        return self.accepted / self.drafted if self.drafted else prior

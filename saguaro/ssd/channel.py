@@ -1,12 +1,15 @@
-"""A point-to-point link between the engine and the draft worker over torch.distributed (gloo).
+"""Point-to-point links between the engine and the draft worker.
 
-It is a standalone process group on its own TCP store: no global state, so several engines
-can live in one process, and the worker may run on another host.
+`Channel` runs over torch.distributed (gloo): a standalone process group on its own TCP store,
+so there is no global state, several engines can live in one process, and the worker may run on
+another host. `LocalChannel` is the same interface between two threads of one process (the
+in-process worker on its own CUDA stream).
 """
 
 from __future__ import annotations
 
 import pickle
+import queue
 import threading
 from datetime import timedelta
 
@@ -14,7 +17,37 @@ import torch
 import torch.distributed as dist
 
 
-class Channel:
+class Link:
+    """What both links share: blocking receives and pickled objects over send / recv_async."""
+
+    def send(self, tensor: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def recv_async(self, tensor: torch.Tensor):
+        raise NotImplementedError
+
+    def recv(self, tensor: torch.Tensor, wait=None) -> torch.Tensor:
+        """Receive into `tensor`; `wait(pending)` may replace the plain blocking wait (the engine
+        uses one that also watches the worker's liveness and a deadline)."""
+        pending = self.recv_async(tensor)
+        if wait is None:
+            pending.wait()
+        else:
+            wait(pending)
+        return tensor
+
+    def send_obj(self, obj) -> None:
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        self.send(torch.tensor([data.numel()], dtype=torch.int64))
+        self.send(data)
+
+    def recv_obj(self, wait=None):
+        size = self.recv(torch.zeros(1, dtype=torch.int64), wait)
+        data = self.recv(torch.empty(int(size[0]), dtype=torch.uint8), wait)
+        return pickle.loads(data.numpy().tobytes())
+
+
+class Channel(Link):
     def __init__(self, host: str, port: int, rank: int, timeout_s: float, store=None):
         self.peer = 1 - rank
         timeout = timedelta(seconds=timeout_s)
@@ -37,25 +70,6 @@ class Channel:
         """Post a receive into `tensor`; poll it with done(), collect it with wait()."""
         return PendingRecv(self.pg.recv([tensor], self.peer, 0))
 
-    def recv(self, tensor: torch.Tensor, wait=None) -> torch.Tensor:
-        """Receive into `tensor`; `wait(pending)` may replace the plain blocking wait (the engine
-        uses one that also watches the worker's liveness and a deadline)."""
-        pending = self.recv_async(tensor)
-        if wait is None:
-            pending.wait()
-        else:
-            wait(pending)
-        return tensor
-
-    def send_obj(self, obj) -> None:
-        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-        self.send(torch.tensor([data.numel()], dtype=torch.int64))
-        self.send(data)
-
-    def recv_obj(self, wait=None):
-        size = self.recv(torch.zeros(1, dtype=torch.int64), wait)
-        data = self.recv(torch.empty(int(size[0]), dtype=torch.uint8), wait)
-        return pickle.loads(data.numpy().tobytes())
 
 
 class PendingRecv:
@@ -87,3 +101,48 @@ class PendingRecv:
         if finished and self._error is not None:
             raise self._error
         return finished
+
+
+class LocalChannel(Link):
+    """One end of an in-process link: tensors are copied into a queue the other end reads."""
+
+    def __init__(self, inbox: queue.Queue, outbox: queue.Queue):
+        self.inbox = inbox
+        self.outbox = outbox
+
+    @staticmethod
+    def pair() -> tuple["LocalChannel", "LocalChannel"]:
+        a, b = queue.Queue(), queue.Queue()
+        return LocalChannel(a, b), LocalChannel(b, a)
+
+    def send(self, tensor: torch.Tensor) -> None:
+        self.outbox.put(tensor.detach().to("cpu", copy=True))  # the sender may reuse its buffer
+
+    def recv_async(self, tensor: torch.Tensor) -> "LocalPending":
+        return LocalPending(self.inbox, tensor)
+
+
+class LocalPending:
+    """A receive from a LocalChannel: messages arrive in order, so it takes the next one."""
+
+    def __init__(self, inbox: queue.Queue, tensor: torch.Tensor):
+        self._inbox = inbox
+        self._tensor = tensor
+        self._done = False
+
+    def done(self) -> bool:
+        return self.wait(0)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        if self._done:
+            return True
+        try:
+            item = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return False
+        if item.shape != self._tensor.shape or item.dtype != self._tensor.dtype:
+            raise RuntimeError(f"message of shape {tuple(item.shape)} {item.dtype} where "
+                               f"{tuple(self._tensor.shape)} {self._tensor.dtype} was expected")
+        self._tensor.copy_(item)
+        self._done = True
+        return True

@@ -17,9 +17,9 @@ import time
 import torch
 
 from saguaro.errors import InvalidRequestError, ModelLoadError
-from saguaro.ssd.channel import Channel
+from saguaro.ssd.channel import Channel, LocalChannel
 from saguaro.ssd.protocol import Reply, decode_reply, encode_end, encode_outcomes, reply_buffers
-from saguaro.ssd.worker import WorkerConfig
+from saguaro.ssd.worker import WorkerConfig, worker_thread_main
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,21 @@ class WorkerFault(RuntimeError):
 
 
 class WorkerClient:
-    def __init__(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float = 900.0):
+    """`in_process=False`: the worker is its own process, linked over gloo. `in_process=True`: it
+    is a thread of this process linked by queues, on its own CUDA stream when its device is CUDA
+    (one GPU shared by target and draft)."""
+
+    def __init__(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float = 900.0,
+                 in_process: bool = False):
         self.timeout_s = timeout_s
         self.healthy = False
         self.vocab_size_target = cfg_args["target_vocab"]
-        host = cfg_args.get("host", "127.0.0.1")
-        store, port = Channel.listen(host, 0, startup_timeout_s)
-        cfg = WorkerConfig(port=port, timeout_s=max(timeout_s, startup_timeout_s), **cfg_args)
-        # A fresh interpreter (not fork): torch's thread pools do not survive a fork, and the
-        # caller's __main__ need not be importable.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "saguaro.ssd.worker", "--config", json.dumps(dataclasses.asdict(cfg))]
-        )
+        self.proc = self.thread = None
         try:
-            self.channel = self._rendezvous(host, port, store, startup_timeout_s)
+            if in_process:
+                self.channel = self._start_thread(cfg_args, max(timeout_s, startup_timeout_s))
+            else:
+                self.channel = self._start_process(cfg_args, timeout_s, startup_timeout_s)
             ready = self.recv_obj(startup_timeout_s)
         except WorkerFault as e:
             self.close()
@@ -53,6 +54,25 @@ class WorkerClient:
         self.tokenizer_fingerprint = tuple(ready["tokenizer"])
         self.healthy = True
         self._max_batch = 0
+
+    def _start_process(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float) -> Channel:
+        host = cfg_args.get("host", "127.0.0.1")
+        store, port = Channel.listen(host, 0, startup_timeout_s)
+        cfg = WorkerConfig(port=port, timeout_s=max(timeout_s, startup_timeout_s), **cfg_args)
+        # A fresh interpreter (not fork): torch's thread pools do not survive a fork, and the
+        # caller's __main__ need not be importable.
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "saguaro.ssd.worker", "--config", json.dumps(dataclasses.asdict(cfg))]
+        )
+        return self._rendezvous(host, port, store, startup_timeout_s)
+
+    def _start_thread(self, cfg_args: dict, timeout_s: float) -> LocalChannel:
+        mine, theirs = LocalChannel.pair()
+        cfg = WorkerConfig(port=0, timeout_s=timeout_s, **dict(cfg_args, cores=None))
+        self.thread = threading.Thread(target=worker_thread_main, args=(cfg, theirs), daemon=True,
+                                       name="saguaro-ssd-worker")
+        self.thread.start()
+        return mine
 
     def _rendezvous(self, host: str, port: int, store, timeout_s: float) -> Channel:
         box: dict = {}
@@ -73,9 +93,18 @@ class WorkerClient:
             raise WorkerFault(f"rendezvous failed: {box['error']}")
         return box["channel"]
 
+    def _exited(self) -> str | None:
+        """Why the worker is gone, or None while it runs."""
+        if self.thread is not None:
+            return None if self.thread.is_alive() else "worker thread ended"
+        if self.proc is not None and self.proc.poll() is not None:
+            return f"worker exited with code {self.proc.returncode}"
+        return None
+
     def _check_alive(self, deadline: float) -> None:
-        if self.proc.poll() is not None:
-            raise WorkerFault(f"worker exited with code {self.proc.returncode}")
+        gone = self._exited()
+        if gone:
+            raise WorkerFault(gone)
         if time.monotonic() > deadline:
             raise WorkerFault("worker stopped answering (timeout)")
 
@@ -140,8 +169,9 @@ class WorkerClient:
             raise
         except Exception as e:  # gloo raises plain RuntimeErrors when the peer goes away
             self.healthy = False
-            if self.proc.poll() is not None:
-                raise WorkerFault(f"worker exited with code {self.proc.returncode}") from e
+            gone = self._exited()
+            if gone:
+                raise WorkerFault(gone) from e
             raise WorkerFault(f"lost the connection to the worker: {str(e).splitlines()[0][:160]}") from e
 
     def close(self) -> None:
@@ -151,6 +181,11 @@ class WorkerClient:
             except Exception:
                 pass
         self.healthy = False
+        thread = getattr(self, "thread", None)
+        if thread is not None:
+            thread.join(5.0)  # a thread cannot be killed; it is a daemon and ends with the process
+            if thread.is_alive():
+                log.warning("the in-process draft worker did not stop within 5 s")
         proc = getattr(self, "proc", None)
         if proc is not None and proc.poll() is None:
             try:
@@ -160,5 +195,5 @@ class WorkerClient:
                 proc.wait(5.0)
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid

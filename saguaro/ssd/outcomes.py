@@ -34,7 +34,7 @@ def predict_outcomes_batch(q: torch.Tensor, speculation: torch.Tensor, fanout: S
 
     scores = q.float().clone()  # [batch, K + 1, vocab]
     # -inf rather than 0 so s_{n+1} ranks below tokens the draft gave zero probability too.
-    scores[:, :k].scatter_(-1, speculation.long().unsqueeze(-1), float("-inf"))
+    scores[:, :k].scatter_(-1, speculation.to(scores.device, torch.long).unsqueeze(-1), float("-inf"))
     top = scores.topk(widest, dim=-1).indices.tolist()  # [batch, K + 1, widest], one device sync
     return [
         [(n, t) for n, f in enumerate(fanout) for t in top[b][n][:f]]

@@ -16,13 +16,15 @@ import torch
 from saguaro.drafters.ngram import ngram_propose
 from saguaro.sampling.params import SamplingParams
 from saguaro.ssd.branches import BranchDrafter, DraftSequence
-from saguaro.ssd.budget import MAX_BRANCHES, choose_plan
+from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, score_plan
 from saguaro.ssd.channel import Channel
 from saguaro.ssd.fanout import AcceptanceTracker, flat_fanout, validate_fanout
 from saguaro.ssd.protocol import CMD_END, K_MAX, Reply, decode_outcomes, encode_reply, outcome_buffer, pack_q
 from saguaro.ssd.spec_cache import CacheEntry
 
 log = logging.getLogger(__name__)
+MIN_ROUNDS_TO_REPLAN = 8
+REPLAN_MARGIN = 0.05  # a new plan must promise 5% more tokens/s than the current one
 DRAFT_SEED_SALT = 0x5A6A  # the draft's random stream differs from the target's for the same seed
 
 
@@ -48,7 +50,25 @@ def worker_main(cfg: WorkerConfig) -> None:
     from saguaro.ssd.placement import pin_process
 
     pin_process(cfg.cores)
-    channel = Channel(cfg.host, cfg.port, rank=1, timeout_s=cfg.timeout_s)
+    serve(cfg, Channel(cfg.host, cfg.port, rank=1, timeout_s=cfg.timeout_s), in_process=False)
+
+
+def worker_thread_main(cfg: WorkerConfig, channel) -> None:
+    """Thread entry point of the in-process worker: everything it runs goes on its own CUDA stream
+    (on CPU it simply shares the process)."""
+    device = torch.device(cfg.device)
+    try:
+        if device.type != "cuda":
+            serve(cfg, channel, in_process=True)
+            return
+        with torch.cuda.device(device), torch.cuda.stream(torch.cuda.Stream(device)):
+            serve(cfg, channel, in_process=True)
+    except Exception as e:  # the engine sees the thread end (a WorkerFault) and goes on without it
+        log.warning("in-process draft worker stopped: %s", e)
+
+
+def serve(cfg: WorkerConfig, channel, in_process: bool) -> None:
+    """Load the draft, report readiness (or the load error) to the engine, then serve batches."""
     try:
         from saguaro.engine.runner import ModelRunner
         from saguaro.loading.loader import load_model
@@ -58,19 +78,28 @@ def worker_main(cfg: WorkerConfig) -> None:
         channel.send_obj({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return
     channel.send_obj({"ok": True, "tokenizer": loaded.tokenizer.fingerprint()})
-    Worker(cfg, channel, ModelRunner(loaded.decoder)).serve()
+    try:
+        Worker(cfg, channel, ModelRunner(loaded.decoder, draft=True), in_process).serve()
+    except WorkerStopped:
+        log.warning("draft worker stopped (fault injection)")
+
+
+class WorkerStopped(Exception):
+    """Ends an in-process worker abruptly (testing), as os._exit ends a worker process."""
 
 
 class Worker:
-    def __init__(self, cfg: WorkerConfig, channel: Channel, runner):
+    def __init__(self, cfg: WorkerConfig, channel, runner, in_process: bool = False):
         self.cfg = cfg
+        self.in_process = in_process
         self.channel = channel
         self.drafter = BranchDrafter(runner, cfg.target_vocab, cfg.saguaro_c)
         self.runner = runner
         self.tracker = AcceptanceTracker()
         self.rounds = 0
         self._step_times: dict[int, float] = {}
-        self._plans: dict[tuple, tuple[int, list[int], int]] = {}  # measured once per batch shape
+        self._plans: dict[tuple, tuple[int, list[int], int]] = {}  # per batch shape, re-planned after each batch
+        self._tables: dict[tuple, tuple[Tables, object, int | None]] = {}  # start-up timings of automatic plans
 
     def serve(self) -> None:
         while True:
@@ -94,6 +123,7 @@ class Worker:
         if key not in self._plans:
             self._plans[key] = self._plan(msg, seqs)
         k, fanout, budget = self._plans[key]
+        observed = Observed()
         # Fresh estimates per batch, so a seeded request replays the same fan-out decisions.
         self.tracker = AcceptanceTracker()
         backup = msg["backup"] if msg["backup"] != "auto" else ("neural" if max_b <= 2 else "ngram")
@@ -109,11 +139,16 @@ class Worker:
             idle_start = time.perf_counter()
             work.wait()
             stats["idle_s"] = time.perf_counter() - idle_start
-            cmd, keep, outcomes, _ = decode_outcomes(buf)
+            cmd, keep, outcomes, verify_us = decode_outcomes(buf)
             if cmd == CMD_END:
+                self._replan(key, observed, seqs)
                 return
+            observed.record(verify_us / 1e6, stats["glue_s"], stats["branch_s"], k, outcomes,
+                            [len(s.speculation) for b, s in enumerate(self.drafter.seqs) if keep[b]])
             self.rounds += 1
             if self.cfg.fault_after_rounds is not None and self.rounds >= self.cfg.fault_after_rounds:
+                if self.in_process:
+                    raise WorkerStopped()
                 os._exit(17)
             if not all(keep):
                 self.drafter.keep_rows([b for b, kept in enumerate(keep) if kept])
@@ -164,6 +199,36 @@ class Worker:
 
     # ---- budget ---------------------------------------------------------------------------------
 
+    def _replan(self, key: tuple, observed: Observed, seqs: list[DraftSequence]) -> None:
+        """After a batch, re-plan the next batch of this shape on the timings its rounds measured.
+
+        Only automatic plans change, and only after greedy or unseeded batches: a seeded sampled
+        request then replays with the plan it first got (its draws depend on K and the fan-out).
+        """
+        if key not in self._tables or observed.rounds < MIN_ROUNDS_TO_REPLAN:
+            return
+        if any(s.params.seed is not None and not s.params.greedy for s in seqs):
+            return
+        tables, fan_spec, fixed_fan = self._tables[key]
+        k, _, branches = self._plans[key]
+        scaled = observed.rescaled(tables, k, branches)
+        timings = (scaled.verify_s, scaled.glue_s, scaled.step_s, observed.accept_rate())
+        plan = choose_plan(*timings)
+        _, now_score = score_plan(k, branches, *timings)
+        _, new_score = score_plan(plan.k, plan.branches, *timings)
+        if new_score < now_score * (1 + REPLAN_MARGIN):
+            return  # not clearly better: two near-equal plans would otherwise alternate
+        budget = plan.branches if fixed_fan is None else fixed_fan * (plan.k + 1)
+        if (plan.k, budget) != (k, branches):
+            log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d)",
+                     plan.k, budget, k, branches)
+        self._plans[key] = (plan.k, self._fanout(fan_spec, plan.k, budget), budget)
+
+    def _fanout(self, fan_spec, k: int, budget: int) -> list[int]:
+        if fan_spec == "geometric":
+            return self.tracker.fanout(k, budget)
+        return flat_fanout(k, max(1, budget // (k + 1)))
+
     def _plan(self, msg: dict, seqs: list[DraftSequence]) -> tuple[int, list[int], int]:
         """K, the fan-out and its sum B: given explicitly, or chosen from measured latencies."""
         fan_spec = msg["fanout"]  # an explicit list, a flat F per outcome (int), "flat" or "geometric"
@@ -178,7 +243,9 @@ class Worker:
             if k is not None:
                 verify = {k: verify[k]} if k in verify else {}
         if verify and (k is None or per_outcome is None):
-            plan = choose_plan(verify, self._glue_times(verify, len(seqs)), self._branch_times(len(seqs)))
+            tables = Tables(verify, self._glue_times(verify, len(seqs)), self._branch_times(len(seqs)))
+            self._tables[(len(seqs), msg.get("k"), str(fan_spec))] = (tables, fan_spec, per_outcome)
+            plan = choose_plan(tables.verify_s, tables.glue_s, tables.step_s)
             log.info("budget: K=%d, %d branches (draft %.0f ms vs verify %.0f ms)",
                      plan.k, plan.branches, plan.draft_s * 1e3, plan.verify_s * 1e3)
             k = plan.k
@@ -186,17 +253,16 @@ class Worker:
         else:
             k = k or 3
             budget = (per_outcome or 1) * (k + 1)
-        if fan_spec == "geometric":
-            fanout = self.tracker.fanout(k, budget)
-        else:
-            fanout = flat_fanout(k, max(1, budget // (k + 1)))
+        fanout = self._fanout(fan_spec, k, budget)
         return k, fanout, sum(fanout)
 
     def _time_feed(self, rows: list[list[int]]) -> float:
         cache = self.drafter.cache
         lengths = list(cache.lengths)
+        self.runner.sync()
         start = time.perf_counter()
         self.runner.feed(cache, rows, all_logits=True)
+        self.runner.sync()
         elapsed = time.perf_counter() - start
         for b, n in enumerate(lengths):
             cache.truncate(b, n)

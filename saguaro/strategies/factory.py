@@ -16,6 +16,7 @@ NGRAM = "ngram"
 
 
 BACKUPS = ("auto", "neural", "ngram", "none")
+WORKER_KINDS = ("auto", "process", "thread")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class StrategyOptions:
     worker_timeout: float = 30.0
     fault_after_rounds: int | None = None  # testing only: the worker dies after this many rounds
     draft_head_tokens: int | None = None  # the draft's LM head keeps only this many frequent tokens
+    ssd_worker: str = "auto"  # "process", "thread" (in-process, own CUDA stream), or auto: thread on a shared GPU
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -43,6 +45,8 @@ class StrategyOptions:
             raise InvalidRequestError(f"backup must be one of {', '.join(BACKUPS)}, got {self.backup!r}")
         if self.draft_head_tokens is not None and self.draft_head_tokens < 1:
             raise InvalidRequestError("draft_head_tokens must be >= 1")
+        if self.ssd_worker not in WORKER_KINDS:
+            raise InvalidRequestError(f"ssd_worker must be one of {', '.join(WORKER_KINDS)}, got {self.ssd_worker!r}")
         if self.worker_timeout <= 0:
             raise InvalidRequestError("worker_timeout must be positive")
         object.__setattr__(self, "fanout", parse_fanout(self.fanout))
@@ -95,12 +99,16 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
     if opts.k is not None and isinstance(opts.fanout, tuple) and len(opts.fanout) != opts.k + 1:
         raise InvalidRequestError(f"fan-out {list(opts.fanout)} has {len(opts.fanout)} entries; K={opts.k} needs {opts.k + 1}")
     dtype_name = str(dtype).replace("torch.", "")
+    draft_device = opts.draft_device or str(device)
+    in_process = opts.ssd_worker == "thread" or (
+        opts.ssd_worker == "auto" and draft_device.startswith("cuda") and _same_device(draft_device, device)
+    )
     client = WorkerClient(
         dict(
             host="127.0.0.1",
             draft=draft,
             dtype=dtype_name,
-            device=opts.draft_device or str(device),
+            device=draft_device,
             cores=list(opts.draft_cores) if opts.draft_cores else None,
             target_vocab=target.vocab_size,
             saguaro_c=opts.saguaro_c,
@@ -109,10 +117,18 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
             log_level=logging.getLogger("saguaro").getEffectiveLevel(),
         ),
         timeout_s=opts.worker_timeout,
+        in_process=in_process,
     )
     client.check_tokenizer(tokenizer)
     fanout = list(opts.fanout) if isinstance(opts.fanout, tuple) else opts.fanout
     return SSDStrategy(target, client, {"k": opts.k, "fanout": fanout, "backup": opts.backup})
+
+
+def _same_device(a, b) -> bool:
+    import torch
+
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
 def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype, head_tokens=None):
@@ -129,7 +145,7 @@ def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtyp
         raise InvalidRequestError(
             f"the draft embeds {loaded.config.vocab_size} tokens but the tokenizer has {tokenizer.vocab_size}"
         )
-    return ModelDrafter(ModelRunner(loaded.decoder), target.vocab_size)
+    return ModelDrafter(ModelRunner(loaded.decoder, draft=True), target.vocab_size)
 
 
 def check_same_tokenizer(target: Tokenizer, draft: Tokenizer) -> None:

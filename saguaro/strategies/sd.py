@@ -30,7 +30,7 @@ def verify_row(logits: torch.Tensor, seq: Sequence, spec: list[int], q: torch.Te
         v = verify_greedy(logits[None, : k + 1], speculation)
     else:
         p = probs_for_params(logits[None, : k + 1], seq.params)  # [1, K + 1, vocab]
-        q1 = one_hot_q(speculation, p.shape[-1]) if q is None else q[None, :k]
+        q1 = one_hot_q(speculation, p.shape[-1]) if q is None else q[None, :k].to(p.device)  # SSD's q comes on CPU
         v = verify_sampled(p, q1, speculation, [seq.generator])
     return int(v.accepted[0]), int(v.token[0])
 

@@ -99,7 +99,7 @@ class SSDStrategy(Strategy):
             s.stats.draft_s += t2 - t1  # time the target waited for the next speculation
             s.ssd.record_round(n, len(spec.tokens[b]), spec.hit[b], None if reply is None else reply.hit[b])
             if reply is not None:
-                s.ssd.record_worker(reply.stats, t2 - t1)
+                s.ssd.record_worker(reply.stats, t2 - t1, reply.hit[b])
         self.pending = reply
         return [spec.tokens[b][:n] + [t] for b, (n, t) in enumerate(outcomes)]
 
@@ -120,8 +120,10 @@ class SSDStrategy(Strategy):
             self.target.feed(cache, [[0] * 8] * batch)  # warm-up and a short trunk
             times = {}
             for k in ks:
+                self.target.sync()
                 start = time.perf_counter()
                 self.target.feed(cache, [[0] * (k + 1)] * batch, all_logits=True)
+                self.target.sync()
                 times[k] = time.perf_counter() - start
                 for b in range(batch):
                     cache.truncate(b, 8)

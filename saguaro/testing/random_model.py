@@ -62,35 +62,49 @@ def random_config(model_type: str = "qwen2", vocab: int = 32, hidden: int = 64, 
     return cfg
 
 
-def random_weights(cfg: dict, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:
-    """HF-named float32 weights; `scale` sets how peaked the output distributions are."""
-    g = torch.Generator().manual_seed(seed)
+def weight_specs(cfg: dict, scale: float = 0.5) -> dict[str, tuple[tuple[int, ...], float, float]]:
+    """HF name -> (shape, std, mean) of each weight, in generation order."""
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg["head_dim"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
 
     def rnd(*shape, s=None):
-        return torch.randn(*shape, generator=g) * (s if s is not None else shape[-1] ** -0.5)
+        return shape, (s if s is not None else shape[-1] ** -0.5), 0.0
 
-    w = {"model.embed_tokens.weight": rnd(v, h, s=1.0), "model.norm.weight": torch.ones(h)}
+    norm = ((h,), 0.1, 1.0)
+    w = {"model.embed_tokens.weight": rnd(v, h, s=1.0), "model.norm.weight": ((h,), 0.0, 1.0)}
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = rnd(v, h, s=scale)
     for n in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{n}."
-        w[p + "input_layernorm.weight"] = 1 + 0.1 * rnd(h, s=1.0)
-        w[p + "post_attention_layernorm.weight"] = 1 + 0.1 * rnd(h, s=1.0)
+        w[p + "input_layernorm.weight"] = norm
+        w[p + "post_attention_layernorm.weight"] = norm
         for name, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
             w[p + f"self_attn.{name}.weight"] = rnd(rows, h)
             if cfg["model_type"] == "qwen2":
                 w[p + f"self_attn.{name}.bias"] = rnd(rows, s=0.1)
         if cfg["model_type"] == "qwen3":
-            w[p + "self_attn.q_norm.weight"] = 1 + 0.1 * rnd(hd, s=1.0)
-            w[p + "self_attn.k_norm.weight"] = 1 + 0.1 * rnd(hd, s=1.0)
+            w[p + "self_attn.q_norm.weight"] = ((hd,), 0.1, 1.0)
+            w[p + "self_attn.k_norm.weight"] = ((hd,), 0.1, 1.0)
         w[p + "self_attn.o_proj.weight"] = rnd(h, q)
         w[p + "mlp.gate_proj.weight"] = rnd(i, h)
         w[p + "mlp.up_proj.weight"] = rnd(i, h)
         w[p + "mlp.down_proj.weight"] = rnd(h, i)
     return w
+
+
+def random_tensor(shape, std: float, mean: float, generator: torch.Generator, device="cpu",
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    if std == 0.0:
+        return torch.full(shape, mean, device=device, dtype=dtype)
+    x = torch.randn(*shape, generator=generator, device=device, dtype=dtype) * std
+    return x + mean if mean else x
+
+
+def random_weights(cfg: dict, seed: int = 0, scale: float = 0.5) -> dict[str, torch.Tensor]:
+    """HF-named float32 weights; `scale` sets how peaked the output distributions are."""
+    g = torch.Generator().manual_seed(seed)
+    return {name: random_tensor(shape, std, mean, g) for name, (shape, std, mean) in weight_specs(cfg, scale).items()}
 
 
 def write_random_model(folder: str | Path, seed: int = 0, scale: float = 0.5,

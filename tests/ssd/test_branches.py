@@ -77,3 +77,18 @@ def test_take_advances_trunk_and_reports_hits(runner):
     s.speculation = hit.tokens
     d.draft_branches(k, [1] * (k + 1))
     assert d.take(0, 0, s.speculation[0]) is None  # the rejected token itself is never a guess
+
+
+def test_greedy_guesses_are_the_drafts_runners_up(runner):
+    """Greedy q is one-hot; the recovery guesses for n < K must still be the draft's next-best
+    tokens (ranked by its softmax), not arbitrary zero-probability ones."""
+    k, fan = 3, 2
+    d = BranchDrafter(runner, runner.vocab_size)
+    s = seq(0, [1, 5, 2, 9])
+    d.start([s], 512)
+    s.speculation = d.jit([0], k, [1] * (k + 1))[0].tokens
+    d.draft_branches(k, [fan] * (k + 1))
+    for n in range(k + 1):
+        logits = runner.feed(runner.new_cache(1, 64), [s.trunk + s.speculation[:n]])[0]
+        order = [t for t in logits.argsort(descending=True).tolist() if n == k or t != s.speculation[n]]
+        assert [t for m, t in s.guesses if m == n] == order[:fan], n

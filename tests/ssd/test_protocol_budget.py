@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.ssd.budget import MAX_BRANCHES, choose_plan, expected_tokens
+from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, expected_tokens
 from saguaro.ssd.placement import parse_cores, split_cores
 from saguaro.ssd.protocol import (CMD_END, CMD_ROUND, K_MAX, Reply, decode_outcomes, decode_reply,
                                   encode_end, encode_outcomes, encode_reply, pack_q)
@@ -79,3 +79,20 @@ def test_cores_and_fanout_options():
     for bad in ("x", "0", "-1,2", "7", [0, 0]):
         with pytest.raises(InvalidRequestError):
             parse_fanout(bad)
+
+
+def test_observed_rounds_rescale_the_tables_and_can_change_the_plan():
+    # Start-up: a draft step of 10 ms, verification 100 ms for any K: K = 4 fits (10 + 4 x 10 <= 100)...
+    tables = Tables({k: 0.100 for k in range(1, 9)}, {k: 0.010 for k in range(1, 9)}, {1: 0.010, 8: 0.010, 32: 0.010})
+    start = choose_plan(tables.verify_s, tables.glue_s, tables.step_s)
+    # ... but with both sides busy, the rounds measured drafting 3x slower and verification 1.2x.
+    obs = Observed()
+    for _ in range(10):
+        obs.record(0.120, 0.030, start.k * 0.030, start.k, [(start.k, 1)], [start.k])
+    scaled = obs.rescaled(tables, start.k, start.branches)
+    assert scaled.verify_s[2] == pytest.approx(0.120) and scaled.step_s[8] == pytest.approx(0.030)
+    assert scaled.glue_s[5] == pytest.approx(0.030)
+    assert obs.accept_rate() == 1.0 and obs.rounds == 10
+    again = choose_plan(scaled.verify_s, scaled.glue_s, scaled.step_s, accept_rate=obs.accept_rate())
+    assert again.draft_s <= again.verify_s  # the new plan fits the measured costs
+    assert again.k < start.k or again.branches < start.branches

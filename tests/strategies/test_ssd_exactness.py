@@ -60,13 +60,15 @@ def hit_rate(llm, params, n=40):
         (T1, dict(k=2, fanout=1, backup="neural")),
         (T07, dict(k=3, fanout=1, backup="ngram", saguaro_c=0.5)),
         (T1, dict(k=2, fanout="geometric", backup="none", saguaro_c=0.8)),
+        (T07, dict(k=2, fanout=2, backup="neural", ssd_worker="thread")),
     ],
-    ids=["t1-neural", "t0.7-ngram-c0.5", "t1-none-geometric-c0.8"],
+    ids=["t1-neural", "t0.7-ngram-c0.5", "t1-none-geometric-c0.8", "t0.7-neural-thread-worker"],
 )
 def test_ssd_batched_exact(make_ssd, folders, params, options):
     llm = make_ssd(**options)
     rate = hit_rate(llm, params)
     assert 0 < rate < 1, "the test must see both cache hits and misses"
+    assert llm.strategy.fault is None
     check_exact(llm, folders, params, SAMPLES, batch=2_000)
 
 
@@ -76,13 +78,18 @@ def test_ssd_batch1_exact(make_ssd, folders):
 
 
 @pytest.mark.parametrize("options", [dict(k=3, fanout=1, backup="neural"), dict(k=2, fanout=2, backup="ngram"),
-                                     dict(fanout="geometric", backup="none")])
+                                     dict(fanout="geometric", backup="none"),
+                                     dict(k=3, fanout=1, backup="neural", ssd_worker="thread")])
 def test_ssd_greedy_equals_ar(make_ssd, folders, options):
     ar = LLM(target=folders[0], dtype="float32")
     ssd = make_ssd(**options)
     prompts = [PROMPT, [1, 2], [4, 4, 4, 4, 6]]
     params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
-    assert [r.token_ids for r in ssd.generate(prompts, params)] == [r.token_ids for r in ar.generate(prompts, params)]
+    want = [r.token_ids for r in ar.generate(prompts, params)]
+    for _ in range(2):  # the second batch runs on a plan re-made from the first one's rounds
+        res = ssd.generate(prompts, params)
+        assert [r.token_ids for r in res] == want
+        assert all("worker_fault" not in r.metrics.extra for r in res)  # no silent fallback to AR
 
 
 def test_ssd_seed_reproducible(make_ssd):
@@ -102,6 +109,16 @@ def test_worker_dying_mid_generation_falls_back_exactly(make_ssd, folders):
     assert llm.generate([PROMPT], params)[0].token_ids == ar.generate([PROMPT], params)[0].token_ids
 
 
+def test_thread_worker_stopping_mid_generation_falls_back_exactly(make_ssd, folders):
+    ar = LLM(target=folders[0], dtype="float32")
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    llm = make_ssd(k=2, fanout=1, fault_after_rounds=3, ssd_worker="thread")
+    assert llm.strategy.client.thread is not None and llm.strategy.client.pid is None
+    res = llm.generate([PROMPT, [1, 2]], params)
+    assert [r.token_ids for r in res] == [r.token_ids for r in ar.generate([PROMPT, [1, 2]], params)]
+    assert res[0].metrics.extra["worker_fault"] == "worker thread ended"
+
+
 def test_worker_killed_between_requests(make_ssd, folders):
     ar = LLM(target=folders[0], dtype="float32")
     params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
@@ -111,6 +128,14 @@ def test_worker_killed_between_requests(make_ssd, folders):
     res = llm.generate([PROMPT], params)[0]
     assert res.token_ids == ar.generate([PROMPT], params)[0].token_ids
     assert res.metrics.extra["fallback"] == "ar"
+
+
+def test_close_stops_the_thread_worker(folders):
+    llm = LLM(target=folders[0], draft=folders[1], mode="ssd", dtype="float32", k=2, ssd_worker="thread")
+    thread = llm.strategy.client.thread
+    assert thread.is_alive()
+    llm.close()
+    assert not thread.is_alive()
 
 
 def test_close_leaves_no_process(folders):
