@@ -99,15 +99,16 @@ class Observed:
     glue_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
     accepted: int = 0
-    drafted: int = 0
+    trials: int = 0  # accepted tokens plus first rejections: per-token acceptance = accepted / trials
 
     def record(self, verify_s: float, glue_s: float, branch_s: float, k: int,
                outcomes: list[tuple[int, int]], spec_lengths: list[int]) -> None:
         self.verify_s.append(verify_s)
         self.glue_s.append(glue_s)
         self.step_s.append(branch_s / max(k, 1))
-        self.accepted += sum(n for n, _ in outcomes)
-        self.drafted += sum(spec_lengths)
+        for (n, _), kb in zip(outcomes, spec_lengths):
+            self.accepted += n
+            self.trials += n + int(n < kb)
 
     @property
     def rounds(self) -> int:
@@ -123,4 +124,5 @@ class Observed:
                       {b: v * fs for b, v in tables.step_s.items()})
 
     def accept_rate(self, prior: float = 0.8) -> float:
-        return self.accepted / self.drafted if self.drafted else prior
+        """Per-token acceptance, as `expected_tokens` means it (a round stops at its first rejection)."""
+        return self.accepted / self.trials if self.trials else prior

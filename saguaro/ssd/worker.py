@@ -119,9 +119,11 @@ class Worker:
         max_b = len(seqs)
         # Room for the speculation and every branch past the longest trunk.
         self.drafter.start(seqs, msg["capacity"] + (K_MAX + 1) * (MAX_BRANCHES + 1))
-        key = (len(seqs), msg.get("k"), str(msg["fanout"]))
+        # Seeded sampled batches get a plan of their own that never changes, so they replay.
+        seeded = any(s.params.seed is not None and not s.params.greedy for s in seqs)
+        key = (len(seqs), msg.get("k"), str(msg["fanout"]), seeded)
         if key not in self._plans:
-            self._plans[key] = self._plan(msg, seqs)
+            self._plans[key] = self._plan(msg, seqs, key)
         k, fanout, budget = self._plans[key]
         observed = Observed()
         # Fresh estimates per batch, so a seeded request replays the same fan-out decisions.
@@ -141,7 +143,7 @@ class Worker:
             stats["idle_s"] = time.perf_counter() - idle_start
             cmd, keep, outcomes, verify_us = decode_outcomes(buf)
             if cmd == CMD_END:
-                self._replan(key, observed, seqs)
+                self._replan(key, observed)
                 return
             observed.record(verify_us / 1e6, stats["glue_s"], stats["branch_s"], k, outcomes,
                             [len(s.speculation) for b, s in enumerate(self.drafter.seqs) if keep[b]])
@@ -199,15 +201,14 @@ class Worker:
 
     # ---- budget ---------------------------------------------------------------------------------
 
-    def _replan(self, key: tuple, observed: Observed, seqs: list[DraftSequence]) -> None:
+    def _replan(self, key: tuple, observed: Observed) -> None:
         """After a batch, re-plan the next batch of this shape on the timings its rounds measured.
 
-        Only automatic plans change, and only after greedy or unseeded batches: a seeded sampled
-        request then replays with the plan it first got (its draws depend on K and the fan-out).
+        Only automatic plans change, and never those of seeded sampled batches: their draws depend
+        on K and the fan-out, and a seeded request must replay.
         """
-        if key not in self._tables or observed.rounds < MIN_ROUNDS_TO_REPLAN:
-            return
-        if any(s.params.seed is not None and not s.params.greedy for s in seqs):
+        seeded = key[-1]
+        if seeded or key not in self._tables or observed.rounds < MIN_ROUNDS_TO_REPLAN:
             return
         tables, fan_spec, fixed_fan = self._tables[key]
         k, _, branches = self._plans[key]
@@ -229,7 +230,7 @@ class Worker:
             return self.tracker.fanout(k, budget)
         return flat_fanout(k, max(1, budget // (k + 1)))
 
-    def _plan(self, msg: dict, seqs: list[DraftSequence]) -> tuple[int, list[int], int]:
+    def _plan(self, msg: dict, seqs: list[DraftSequence], key: tuple) -> tuple[int, list[int], int]:
         """K, the fan-out and its sum B: given explicitly, or chosen from measured latencies."""
         fan_spec = msg["fanout"]  # an explicit list, a flat F per outcome (int), "flat" or "geometric"
         if isinstance(fan_spec, list):
@@ -244,7 +245,7 @@ class Worker:
                 verify = {k: verify[k]} if k in verify else {}
         if verify and (k is None or per_outcome is None):
             tables = Tables(verify, self._glue_times(verify, len(seqs)), self._branch_times(len(seqs)))
-            self._tables[(len(seqs), msg.get("k"), str(fan_spec))] = (tables, fan_spec, per_outcome)
+            self._tables[key] = (tables, fan_spec, per_outcome)
             plan = choose_plan(tables.verify_s, tables.glue_s, tables.step_s)
             log.info("budget: K=%d, %d branches (draft %.0f ms vs verify %.0f ms)",
                      plan.k, plan.branches, plan.draft_s * 1e3, plan.verify_s * 1e3)

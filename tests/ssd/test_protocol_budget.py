@@ -93,6 +93,9 @@ def test_observed_rounds_rescale_the_tables_and_can_change_the_plan():
     assert scaled.verify_s[2] == pytest.approx(0.120) and scaled.step_s[8] == pytest.approx(0.030)
     assert scaled.glue_s[5] == pytest.approx(0.030)
     assert obs.accept_rate() == 1.0 and obs.rounds == 10
+    mixed = Observed()
+    mixed.record(0.1, 0.01, 0.03, 3, [(3, 1), (1, 2), (0, 3)], [3, 3, 3])  # 4 accepted, 2 rejections
+    assert mixed.accept_rate() == pytest.approx(4 / 6)
     again = choose_plan(scaled.verify_s, scaled.glue_s, scaled.step_s, accept_rate=obs.accept_rate())
     assert again.draft_s <= again.verify_s  # the new plan fits the measured costs
     assert again.k < start.k or again.branches < start.branches

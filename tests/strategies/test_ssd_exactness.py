@@ -144,3 +144,13 @@ def test_close_leaves_no_process(folders):
     llm.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_seeded_requests_replay_under_the_automatic_plan(make_ssd):
+    llm = make_ssd(fanout="flat")  # K and B from the budget, re-planned between greedy batches
+    seeded = SamplingParams(temperature=1.0, seed=321, max_tokens=24, ignore_eos=True)
+    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    first = llm.generate([PROMPT], seeded)[0].token_ids
+    for _ in range(2):
+        llm.generate([PROMPT], greedy)
+    assert llm.generate([PROMPT], seeded)[0].token_ids == first
