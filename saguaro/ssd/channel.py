@@ -71,7 +71,6 @@ class Channel(Link):
         return PendingRecv(self.pg.recv([tensor], self.peer, 0))
 
 
-
 class PendingRecv:
     """A posted receive that can be polled.
 

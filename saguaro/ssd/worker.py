@@ -220,9 +220,8 @@ class Worker:
         if new_score < now_score * (1 + REPLAN_MARGIN):
             return  # not clearly better: two near-equal plans would otherwise alternate
         budget = plan.branches if fixed_fan is None else fixed_fan * (plan.k + 1)
-        if (plan.k, budget) != (k, branches):
-            log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d)",
-                     plan.k, budget, k, branches)
+        log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d)",
+                 plan.k, budget, k, branches)
         self._plans[key] = (plan.k, self._fanout(fan_spec, plan.k, budget), budget)
 
     def _fanout(self, fan_spec, k: int, budget: int) -> list[int]:
