@@ -14,3 +14,7 @@ class ModelLoadError(SaguaroError):
 
 class InvalidRequestError(SaguaroError, ValueError):
     """A request (prompt, sampling values, options) is invalid."""
+
+
+class UnsupportedEnvironmentError(SaguaroError):
+    """This machine, torch build or setting cannot run what was asked (a CPU kernel, a device)."""

@@ -292,6 +292,24 @@ def test_invalid_options(capsys, model, argv, name):
     assert_user_error(capsys, "generate", "x", "--target", model, *argv, match=name)
 
 
+def test_bad_cpu_kernel_setting_is_one_line(capsys, model, monkeypatch):
+    monkeypatch.setenv("SAGUARO_CPU_KERNELS", "fastest")
+    assert_user_error(capsys, "generate", "x", "--target", model, match="SAGUARO_CPU_KERNELS")
+
+
+def test_bf16_runs_on_a_cpu_without_onednn_bf16(capsys, model, monkeypatch):
+    """An AVX2-only CPU, simulated: the default bf16 path falls back instead of crashing."""
+    from saguaro.model import cpu_packing
+
+    monkeypatch.setattr(cpu_packing, "onednn_runs", lambda dtype: False)
+    code, out, err = run(capsys, "generate", "hi", "--target", model, "--dtype", "bfloat16",
+                         "--max-tokens", "3", "--ignore-eos", "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["token_ids"]) == 3
+    monkeypatch.setenv("SAGUARO_CPU_KERNELS", "onednn")
+    assert_user_error(capsys, "generate", "hi", "--target", model, "--dtype", "bfloat16", match="AVX-512")
+
+
 def test_no_command(capsys):
     assert_user_error(capsys)
 
