@@ -51,7 +51,7 @@ class LLM:
         draft: str | None = None,
         mode: str = "ar",
         k: int | None = None,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         device: str = "cpu",
         threads: int | None = None,
         target_cores=None,
@@ -64,9 +64,13 @@ class LLM:
         fault_after_rounds: int | None = None,
         draft_head_tokens: int | None = None,
         ssd_worker: str = "auto",
+        quantize_target: str = "auto",
+        quantize_draft: str = "auto",
     ):
         """`target_cores` pins the engine (the whole of it in AR and SD); `draft_cores` and
-        `draft_device` place SSD's draft worker. See StrategyOptions for the SSD knobs."""
+        `draft_device` place SSD's draft worker. See StrategyOptions for the SSD knobs.
+        `quantize_target` / `quantize_draft`: auto (a GGUF at about its own precision, a float
+        checkpoint as is), none, int8 or int4 weight-only kernels on CPU (saguaro.quant)."""
         if threads is not None:
             if threads < 1:
                 raise InvalidRequestError(f"threads must be >= 1, got {threads}")
@@ -80,6 +84,7 @@ class LLM:
             draft_cores=tuple(draft_cores) if draft_cores else None, draft_device=draft_device,
             fanout=fanout, saguaro_c=saguaro_c, backup=backup, worker_timeout=worker_timeout,
             fault_after_rounds=fault_after_rounds, draft_head_tokens=draft_head_tokens, ssd_worker=ssd_worker,
+            draft_quantize=quantize_draft,
         )
         pin_process(cores)
         if self.options.needs_draft_model and draft is None:
@@ -87,7 +92,8 @@ class LLM:
             if draft is None:
                 raise InvalidRequestError(f"mode {mode!r} needs a draft model (draft=...)")
         self.mode = mode
-        loaded = load_model(target, device=device, dtype=dtype)
+        loaded = load_model(target, device=device, dtype=dtype, quantize=quantize_target)
+        self.quantization = loaded.quantization
         self.tokenizer = loaded.tokenizer
         self.config = loaded.config
         self.target = ModelRunner(loaded.decoder)

@@ -74,16 +74,19 @@ def exact_distribution(
     temperature: float,
     top_k: int = 0,
     top_p: float = 1.0,
+    logits_fn=None,
 ) -> dict[tuple[int, ...], float]:
     """P(first n_tokens generated tokens = c) under AR sampling from the target, for every c with P > 0.
 
     Enumerates the tree of continuations level by level, one batched forward per level,
-    pruning zero-probability branches (top-k, top-p, greedy).
+    pruning zero-probability branches (top-k, top-p, greedy). `logits_fn(rows)` replaces the
+    transformers reference (for a target as Saguaro executes it, e.g. quantized).
     """
+    logits_fn = logits_fn or (lambda rows: hf_logits(target_folder, rows))
     level: dict[tuple[int, ...], float] = {(): 1.0}
     for _ in range(n_tokens):
         prefixes = list(level)
-        probs = filtered_probs(hf_logits(target_folder, [list(prompt_ids) + list(c) for c in prefixes]),
+        probs = filtered_probs(logits_fn([list(prompt_ids) + list(c) for c in prefixes]),
                                temperature, top_k, top_p)  # [prefixes, vocab]
         nxt: dict[tuple[int, ...], float] = {}
         for c, row in zip(prefixes, probs):
@@ -187,3 +190,9 @@ def write_tiny_pair(root: Path) -> tuple[str, str]:
     draft = write_random_model(root / "draft", seed=22, scale=0.25, vocab=8, hidden=16, layers=1,
                                heads=2, kv_heads=1, intermediate=32, context=64)
     return str(target), str(draft)
+
+
+def engine_logits(runner, rows: list[list[int]]) -> torch.Tensor:
+    """float32 logits `[len(rows), vocab]` after each row's last token, from a Saguaro ModelRunner."""
+    cache = runner.new_cache(len(rows), max(len(r) for r in rows))
+    return runner.feed(cache, rows)  # [rows, vocab]

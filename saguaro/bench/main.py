@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def run_config(cfg: dict) -> dict:
+    if cfg["engine"] == "llamacpp":
+        from saguaro.bench.llamacpp import run_llamacpp
+
+        return run_llamacpp(cfg)
     out = subprocess.run([sys.executable, "-m", "saguaro.bench.run_one", json.dumps(cfg)],
                          capture_output=True, text=True)
     if out.returncode != 0:
@@ -82,7 +86,39 @@ def suite_configs(suite: str, args) -> list[dict]:
             out.append(dict(base, name=f"({setting}) saguaro ssd", engine="saguaro", mode="ssd", cores=one,
                             draft_cores=two, k=args.ssd_k, fanout=args.fanout))
         return out
+    if suite == "cpu":
+        return cpu_configs(args, base, both, one, two)
     raise ValueError(suite)
+
+
+def cpu_configs(args, base: dict, both: list[int], one: list[int], two: list[int]) -> list[dict]:
+    """llama.cpp on the same GGUF files against Saguaro at each precision, all on 2 threads."""
+    from saguaro.loading.bundled import BUNDLED, bundled_gguf
+
+    def gguf(ref: str) -> str:
+        return str(bundled_gguf(ref)) if ref in BUNDLED else ref
+
+    llama = dict(base, engine="llamacpp", model=gguf(args.target), threads=2, n_max=args.ssd_k or 3)
+    out = [dict(llama, name="llama.cpp ar"), dict(llama, name="llama.cpp spec", draft=gguf(args.draft))]
+    for quant in args.quantize:
+        q = dict(base, engine="saguaro", quantize_target=quant, quantize_draft=args.quantize_draft)
+        out += [dict(q, name=f"saguaro ar {quant}", mode="ar", cores=both),
+                dict(q, name=f"saguaro sd k=3 {quant}", mode="sd", k=3, cores=both),
+                dict(q, name=f"saguaro ssd {quant}", mode="ssd", cores=one, draft_cores=two, k=args.ssd_k,
+                     fanout=args.fanout)]
+    return out
+
+
+def cpu_flags() -> str:
+    """The CPU's model and the SIMD flags that pick kernels, for the benchmark record."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "?")
+    flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
+    keep = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    return f"{model}: {' '.join(keep)}"
 
 
 def print_table(results: list[dict], baseline: str) -> str:
@@ -118,10 +154,13 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="saguaro bench", description=__doc__)
-    p.add_argument("suite", choices=["ar", "sd", "ssd"])
+    p.add_argument("suite", choices=["ar", "sd", "ssd", "cpu"])
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--draft", default=DEFAULT_DRAFT)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--quantize", nargs="*", default=["auto"],
+                   help="cpu suite: target precisions to run (auto none int8 int4)")
+    p.add_argument("--quantize-draft", default="auto", help="cpu suite: the draft's precision")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--kinds", nargs="*", help="prompt kinds (code instruction math editing); default all")
     p.add_argument("--ks", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7, 8], help="SD lookaheads")
@@ -134,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="interleaved passes over all configurations")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.suite == "cpu":
+        from saguaro.bench.llamacpp import ensure_env
+
+        ensure_env()
     configs = suite_configs(args.suite, args)
     passes = []
     for rep in range(args.repeat):  # interleaved passes, so slow drifts of the machine hit every config
@@ -143,11 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             passes[-1].append(run_config(cfg))
             log.info("  %.2f tok/s", passes[-1][-1]["tok_s"])
     results = [merge_passes([p[i] for p in passes]) for i in range(len(configs))]
-    baseline = {"ar": "hf ar", "sd": "saguaro ar", "ssd": "saguaro ar"}[args.suite]
+    baseline = {"ar": "hf ar", "sd": "saguaro ar", "ssd": "saguaro ar", "cpu": "llama.cpp ar"}[args.suite]
     table = print_table(results, baseline)
     extra = ""
     if args.suite == "ar":
         extra = roofline_note(args, results)
+    if args.suite == "cpu":
+        extra = f"\nCPU: {cpu_flags()}\n"
     sys.stdout.write(table + "\n" + extra)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ def _chat_ids(tokenizer, text: str) -> list[int]:
 def run_saguaro(cfg: dict) -> dict:
     from saguaro import LLM, SamplingParams
 
-    kwargs = {k: cfg[k] for k in ("k", "fanout", "saguaro_c", "backup", "draft_head_tokens") if cfg.get(k) is not None}
+    knobs = ("k", "fanout", "saguaro_c", "backup", "draft_head_tokens", "quantize_target", "quantize_draft")
+    kwargs = {k: cfg[k] for k in knobs if cfg.get(k) is not None}
     llm = LLM(target=cfg["target"], draft=cfg.get("draft"), mode=cfg["mode"], dtype=cfg["dtype"],
               target_cores=cfg.get("cores"), draft_cores=cfg.get("draft_cores"), **kwargs)
     try:

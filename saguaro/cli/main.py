@@ -33,7 +33,10 @@ OPTIONAL_LLM_FLAGS = {
     "backup": "--backup",
     "draft_head_tokens": "--draft-head-tokens",
     "ssd_worker": "--ssd-worker",
+    "quantize_target": "--quantize-target",
+    "quantize_draft": "--quantize-draft",
 }
+QUANTIZE_CHOICES = ("auto", "none", "int8", "int4")
 
 
 class UsageError(SaguaroError):
@@ -64,7 +67,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default=None,
                    help=f"decoding strategy (default {DEFAULT_MODE} with a draft or the bundled pair, else ar)")
     g.add_argument("--k", type=int, help="speculation lookahead (tokens drafted per round)")
-    g.add_argument("--dtype", help="float32, bfloat16 (default) or float16 (CUDA only)")
+    g.add_argument("--dtype", help="auto (default: bfloat16 on CPU), float32 (the reference path), bfloat16, "
+                   "or float16 (CUDA only)")
+    g.add_argument("--quantize-target", choices=QUANTIZE_CHOICES,
+                   help="the target's weights on CPU: auto (default: a GGUF at about its own precision, "
+                   "int4 for Q4_K_M; float checkpoints and float32 as they are), none, int8 or int4")
+    g.add_argument("--quantize-draft", choices=QUANTIZE_CHOICES, help="the draft's weights, as --quantize-target")
     g.add_argument("--device", help="cpu (default) or cuda[:N]")
     g.add_argument("--threads", type=int, help="torch CPU threads")
     s = p.add_argument_group("SSD placement and knobs")

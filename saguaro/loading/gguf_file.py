@@ -78,7 +78,7 @@ def hf_config(reader) -> dict[str, Any]:
     return cfg
 
 
-def _hf_name(name: str) -> str | None:
+def hf_name(name: str) -> str | None:
     base, _, suffix = name.rpartition(".")
     if base.startswith("blk."):
         _, layer, kind = base.split(".", 2)
@@ -88,7 +88,7 @@ def _hf_name(name: str) -> str | None:
     return f"{TOP_NAMES[base]}.{suffix}" if base in TOP_NAMES else None
 
 
-def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     # llama.cpp's converter interleaves the rotary halves of Q/K rows for the llama architecture.
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -98,7 +98,7 @@ def hf_tensors(reader, cfg: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
     from gguf.quants import dequantize
 
     for t in reader.tensors:
-        name = _hf_name(t.name)
+        name = hf_name(t.name)
         if name is None:
             log.debug("skipping GGUF tensor %s", t.name)
             continue
@@ -109,7 +109,7 @@ def hf_tensors(reader, cfg: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
         arr = arr.reshape(tuple(int(d) for d in reversed(t.shape)))
         if cfg["model_type"] == "llama":
             if name.endswith("q_proj.weight"):
-                arr = _unpermute(arr, cfg["num_attention_heads"])
+                arr = unpermute(arr, cfg["num_attention_heads"])
             elif name.endswith("k_proj.weight"):
-                arr = _unpermute(arr, cfg["num_key_value_heads"])
+                arr = unpermute(arr, cfg["num_key_value_heads"])
         yield name, arr

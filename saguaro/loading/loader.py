@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,10 +23,12 @@ from saguaro.model.config import ModelConfig
 from saguaro.model.cpu_packing import pack_for_cpu
 from saguaro.model.decoder import Decoder
 from saguaro.model.head_subset import frequent_tokens, restrict_head
+from saguaro.quant.transform import check_scheme, quantize_decoder, resolve_scheme
 from saguaro.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 @dataclass
@@ -34,30 +37,58 @@ class LoadedModel:
     tokenizer: Tokenizer
     config: ModelConfig
     source: str
+    gguf: Any = None  # the GGUF reader, when the weights came from one
+    quantization: str = "none"  # the scheme applied: none, int8 or int4
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         resolved = dtype
+    elif dtype in (None, "auto"):
+        resolved = auto_dtype(device)
     elif dtype in DTYPES:
         resolved = DTYPES[dtype]
     else:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
     if resolved == torch.float16 and device.type == "cpu":
         raise ModelLoadError("float16 is for CUDA; use bfloat16 or float32 on CPU")
     return resolved
 
 
-def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "bfloat16",
-               head_tokens: int | None = None) -> LoadedModel:
-    """`head_tokens` keeps only that many frequent tokens in the LM head (for drafts)."""
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """The fastest precision the device runs well: bf16 on CPUs (the int4/int8 kernels want bf16
+    activations, and bf16 matmuls beat float32 with or without AVX-512), bf16 or fp16 on CUDA."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
+               head_tokens: int | None = None, quantize: str | None = "auto") -> LoadedModel:
+    """`head_tokens` keeps only that many frequent tokens in the LM head (for drafts);
+    `quantize` is auto, none, int8 or int4 (saguaro.quant.transform)."""
+    scheme = check_scheme(quantize)
     loaded = _load(ref, device, dtype)
+    if scheme == "auto" and (loaded.decoder.device.type != "cpu" or loaded.decoder.dtype == torch.float32):
+        scheme = "none"  # float32 is the reference-parity path; the kernels run on CPU only
     if head_tokens is not None and head_tokens < loaded.config.vocab_size:
         tok = loaded.tokenizer
         always = set(tok.eos_token_ids) | set(tok.special_ids)
         restrict_head(loaded.decoder, frequent_tokens(loaded.config.vocab_size, head_tokens, always))
+    loaded.quantization = _quantize(loaded, scheme)
     pack_for_cpu(loaded.decoder)
     return loaded
+
+
+def _quantize(loaded: LoadedModel, scheme: str) -> str:
+    bits, grids = {}, {}
+    if loaded.gguf is not None:
+        from saguaro.quant.gguf_native import q4_k_grids, source_bits
+
+        bits = source_bits(loaded.gguf)
+        if resolve_scheme(scheme, bits) == "int4":
+            grids = q4_k_grids(loaded.gguf, gguf_file.hf_config(loaded.gguf))
+    return quantize_decoder(loaded.decoder, scheme, bits, grids)
 
 
 def _load(ref: str, device: str, dtype) -> LoadedModel:
@@ -71,8 +102,7 @@ def _load(ref: str, device: str, dtype) -> LoadedModel:
         return LoadedModel(_decoder(cfg, fuse_weights(cfg, names, get, dev, torch_dtype), dev, torch_dtype),
                            tokenizer, cfg, ref)
     if ref in bundled.BUNDLED:
-        folder = bundled_folder(ref)
-        return _load_folder(folder, dev, torch_dtype, source=ref)
+        return _load_gguf(bundled.bundled_gguf(ref), dev, torch_dtype, source=ref)
     if path.is_dir():
         return _load_folder(path, dev, torch_dtype, source=str(path))
     if path.is_file() or ref.endswith(".gguf"):
@@ -150,16 +180,29 @@ def _eos_ids(hf_cfg: dict) -> tuple[int, ...]:
     return () if eos is None else (int(eos),)
 
 
-def _load_gguf(path: Path, device, dtype) -> LoadedModel:
+def _load_gguf(path: Path, device, dtype, source: str | None = None) -> LoadedModel:
     reader, hf_cfg, tokenizer = _gguf_parts(path)
     cfg = ModelConfig.from_hf(hf_cfg)
-    tensors = {name: torch.from_numpy(arr) for name, arr in gguf_file.hf_tensors(reader, hf_cfg)}
+    tensors = {name: torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+               for name, arr in progress(gguf_file.hf_tensors(reader, hf_cfg), f"loading {path.name}",
+                                         total=len(reader.tensors))}
     weights = fuse_weights(cfg, set(tensors), tensors.__getitem__, device, dtype)
-    return LoadedModel(_decoder(cfg, weights, device, dtype), tokenizer, cfg, str(path))
+    log.info("loaded %s (%s, %d layers) as %s on %s", path, cfg.model_type, cfg.num_layers, dtype, device)
+    return LoadedModel(_decoder(cfg, weights, device, dtype), tokenizer, cfg, source or str(path), gguf=reader)
+
+
+def progress(items, what: str, total: int | None = None):
+    """A progress bar on an interactive stderr; nothing in logs, pipes and tests."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=what, total=total, unit="tensor", disable=None, leave=False)
 
 
 def bundled_folder(name: str) -> Path:
-    """The bundled model converted once to an HF-style folder (float32 safetensors) in the cache."""
+    """The bundled model converted once to an HF-style folder (float32 safetensors) in the cache,
+    for the benchmarks' transformers baseline; Saguaro itself loads the GGUF directly."""
     spec = bundled.BUNDLED[name]
     folder = bundled.cache_dir() / "models" / f"{name}-{spec.sha256[:12]}"
     if (folder / "complete").exists():

@@ -40,6 +40,7 @@ class WorkerConfig:
     timeout_s: float
     saguaro_c: float = 1.0
     head_tokens: int | None = None  # keep only this many frequent tokens in the draft's LM head
+    quantize: str = "auto"  # the draft's weights (saguaro.quant.transform)
     fault_after_rounds: int | None = None  # testing: the worker dies abruptly after this many rounds
     log_level: int = logging.WARNING
 
@@ -73,7 +74,8 @@ def serve(cfg: WorkerConfig, channel, in_process: bool) -> None:
         from saguaro.engine.runner import ModelRunner
         from saguaro.loading.loader import load_model
 
-        loaded = load_model(cfg.draft, device=cfg.device, dtype=cfg.dtype, head_tokens=cfg.head_tokens)
+        loaded = load_model(cfg.draft, device=cfg.device, dtype=cfg.dtype, head_tokens=cfg.head_tokens,
+                            quantize=cfg.quantize)
     except Exception as e:  # reported to the engine, which raises it as a clear error
         channel.send_obj({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from saguaro.engine.runner import ModelRunner
 from saguaro.errors import InvalidRequestError
+from saguaro.quant.transform import check_scheme
 from saguaro.tokenizer import Tokenizer
 
 MODES = ("ar", "sd", "ssd")
@@ -33,6 +34,7 @@ class StrategyOptions:
     fault_after_rounds: int | None = None  # testing only: the worker dies after this many rounds
     draft_head_tokens: int | None = None  # the draft's LM head keeps only this many frequent tokens
     ssd_worker: str = "auto"  # "process", "thread" (in-process, own CUDA stream), or auto: thread on a shared GPU
+    draft_quantize: str = "auto"  # the draft's weights: auto, none, int8 or int4 (saguaro.quant)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -50,6 +52,7 @@ class StrategyOptions:
         if self.worker_timeout <= 0:
             raise InvalidRequestError("worker_timeout must be positive")
         object.__setattr__(self, "fanout", parse_fanout(self.fanout))
+        object.__setattr__(self, "draft_quantize", check_scheme(self.draft_quantize))
         if self.mode == "ssd" and self.draft_is_ngram:
             raise InvalidRequestError("SSD needs a draft model; the n-gram drafter serves SD and SSD's backup")
 
@@ -86,7 +89,8 @@ def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokeni
     if opts.mode == "sd":
         from saguaro.strategies.sd import SDStrategy
 
-        return SDStrategy(target, _drafter(target, tokenizer, draft, device, dtype, opts.draft_head_tokens), opts.k or 4)
+        drafter = _drafter(target, tokenizer, draft, device, dtype, opts.draft_head_tokens, opts.draft_quantize)
+        return SDStrategy(target, drafter, opts.k or 4)
     return _ssd(opts, target, tokenizer, draft, device, dtype)
 
 
@@ -114,6 +118,7 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
             saguaro_c=opts.saguaro_c,
             fault_after_rounds=opts.fault_after_rounds,
             head_tokens=opts.draft_head_tokens,
+            quantize=opts.draft_quantize,
             log_level=logging.getLogger("saguaro").getEffectiveLevel(),
         ),
         timeout_s=opts.worker_timeout,
@@ -131,7 +136,7 @@ def _same_device(a, b) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
-def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype, head_tokens=None):
+def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype, head_tokens=None, quantize="auto"):
     if draft == NGRAM:
         from saguaro.drafters.prompt_lookup import NgramDrafter
 
@@ -139,7 +144,7 @@ def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtyp
     from saguaro.drafters.model_drafter import ModelDrafter
     from saguaro.loading.loader import load_model
 
-    loaded = load_model(draft, device=device, dtype=dtype, head_tokens=head_tokens)
+    loaded = load_model(draft, device=device, dtype=dtype, head_tokens=head_tokens, quantize=quantize)
     check_same_tokenizer(tokenizer, loaded.tokenizer)
     if loaded.config.vocab_size < tokenizer.vocab_size:
         raise InvalidRequestError(
