@@ -99,7 +99,7 @@ def cpu_configs(args, base: dict, both: list[int], one: list[int], two: list[int
         return str(bundled_gguf(ref)) if ref in BUNDLED else ref
 
     llama = dict(base, engine="llamacpp", model=gguf(args.target), threads=2, n_max=args.ssd_k or 3)
-    out = [dict(llama, name="llama.cpp ar"), dict(llama, name="llama.cpp spec", draft=gguf(args.draft))]
+    out = [dict(llama, name="llama.cpp ar", draft=None), dict(llama, name="llama.cpp spec", draft=gguf(args.draft))]
     for quant in args.quantize:
         q = dict(base, engine="saguaro", quantize_target=quant, quantize_draft=args.quantize_draft)
         out += [dict(q, name=f"saguaro ar {quant}", mode="ar", cores=both),
