@@ -1,8 +1,10 @@
 """Puts tests/ on sys.path so test modules can import shared helpers (`from exactness import ...`)."""
 
+import os
 import sys
 
 import pytest
+import torch
 from pathlib import Path
 
 _HERE = str(Path(__file__).resolve().parent)
@@ -16,3 +18,17 @@ def qwen_gguf():
     from saguaro.loading.bundled import bundled_gguf
 
     return bundled_gguf("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def restore_placement():
+    """An in-process SSD engine pins the whole process to the target's cores (and sets torch's
+    threads to match); undo that after each module, or every later module runs on one core."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    threads = torch.get_num_threads()
+    yield
+    if cores:
+        from saguaro.ssd.placement import pin_process
+
+        pin_process(cores)
+    torch.set_num_threads(threads)

@@ -109,10 +109,10 @@ def cpu_configs(args, base: dict, both: list[int], one: list[int], two: list[int
     return out
 
 
-def cpu_flags() -> str:
-    """The CPU's model and the SIMD flags that pick kernels, for the benchmark record."""
+def cpu_flags(info: str | None = None) -> str:
+    """The CPU's model and the SIMD flags that pick kernels (from /proc/cpuinfo), for the record."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text() if info is None else info
     except OSError:
         return "unknown"
     model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "?")

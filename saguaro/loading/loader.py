@@ -64,9 +64,10 @@ def auto_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
-               head_tokens: int | None = None, quantize: str | None = "auto") -> LoadedModel:
+               head_tokens: int | None = None, quantize: str | None = "auto", draft: bool = False) -> LoadedModel:
     """`head_tokens` keeps only that many frequent tokens in the LM head (for drafts);
-    `quantize` is auto, none, int8 or int4 (saguaro.quant.transform)."""
+    `quantize` is auto, none, int8 or int4 (saguaro.quant.transform); a `draft` quantizes its
+    head like its layers."""
     scheme = check_scheme(quantize)
     loaded = _load(ref, device, dtype)
     if scheme == "auto" and (loaded.decoder.device.type != "cpu" or loaded.decoder.dtype == torch.float32):
@@ -75,12 +76,12 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
         tok = loaded.tokenizer
         always = set(tok.eos_token_ids) | set(tok.special_ids)
         restrict_head(loaded.decoder, frequent_tokens(loaded.config.vocab_size, head_tokens, always))
-    loaded.quantization = _quantize(loaded, scheme)
+    loaded.quantization = _quantize(loaded, scheme, same_head=draft)
     pack_for_cpu(loaded.decoder)
     return loaded
 
 
-def _quantize(loaded: LoadedModel, scheme: str) -> str:
+def _quantize(loaded: LoadedModel, scheme: str, same_head: bool) -> str:
     bits, grids = {}, {}
     if loaded.gguf is not None:
         from saguaro.quant.gguf_native import q4_k_grids, source_bits
@@ -88,7 +89,7 @@ def _quantize(loaded: LoadedModel, scheme: str) -> str:
         bits = source_bits(loaded.gguf)
         if resolve_scheme(scheme, bits) == "int4":
             grids = q4_k_grids(loaded.gguf, gguf_file.hf_config(loaded.gguf))
-    return quantize_decoder(loaded.decoder, scheme, bits, grids)
+    return quantize_decoder(loaded.decoder, scheme, bits, grids, same_head)
 
 
 def _load(ref: str, device: str, dtype) -> LoadedModel:

@@ -64,9 +64,11 @@ def _quantized(linear: Linear, scheme: str, parts, dtype, bits: dict[str, int], 
 
 
 def quantize_decoder(decoder: Decoder, scheme: str, bits: dict[str, int] | None = None,
-                     grids: dict[str, Int4Grid] | None = None) -> str:
+                     grids: dict[str, Int4Grid] | None = None, same_head: bool = False) -> str:
     """Quantize in place; returns the scheme applied. `bits` and `grids` come from a GGUF file
-    (saguaro.quant.gguf_native); without them every weight is quantized from its float values."""
+    (saguaro.quant.gguf_native); without them every weight is quantized from its float values.
+    `same_head` gives the LM head the layers' scheme: for drafts, whose precision moves only
+    acceptance, never exactness, and whose head is a large share of a step's bytes."""
     bits, grids = bits or {}, grids or {}
     scheme = resolve_scheme(check_scheme(scheme), bits)
     if scheme == "none":
@@ -78,10 +80,10 @@ def quantize_decoder(decoder: Decoder, scheme: str, bits: dict[str, int] | None 
             setattr(layer, attr, _quantized(getattr(layer, attr), scheme, parts, decoder.dtype, bits, grids))
     head_name = "lm_head.weight" if "lm_head.weight" in bits else "model.embed_tokens.weight"
     # The head decides every token: int4 only where the file itself stores it at 4 bits.
-    head_scheme = "int4" if scheme == "int4" and head_name in grids else "int8"
+    head_scheme = "int4" if scheme == "int4" and (same_head or head_name in grids) else "int8"
     head = decoder.lm_head
     if hasattr(head, "inner"):  # a vocabulary-subset head: its rows are a subset of the file's
-        head_grids = {head_name: _take_rows(grids[head_name], head.keep)} if head_scheme == "int4" else {}
+        head_grids = {head_name: _take_rows(grids[head_name], head.keep)} if head_name in grids else {}
         head.inner = _quantized(head.inner, head_scheme, [(head_name, head.inner.weight.shape[0])],
                                 decoder.dtype, {}, head_grids)
     else:

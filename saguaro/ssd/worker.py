@@ -75,7 +75,7 @@ def serve(cfg: WorkerConfig, channel, in_process: bool) -> None:
         from saguaro.loading.loader import load_model
 
         loaded = load_model(cfg.draft, device=cfg.device, dtype=cfg.dtype, head_tokens=cfg.head_tokens,
-                            quantize=cfg.quantize)
+                            quantize=cfg.quantize, draft=True)
     except Exception as e:  # reported to the engine, which raises it as a clear error
         channel.send_obj({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return

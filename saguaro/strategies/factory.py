@@ -144,7 +144,7 @@ def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtyp
     from saguaro.drafters.model_drafter import ModelDrafter
     from saguaro.loading.loader import load_model
 
-    loaded = load_model(draft, device=device, dtype=dtype, head_tokens=head_tokens, quantize=quantize)
+    loaded = load_model(draft, device=device, dtype=dtype, head_tokens=head_tokens, quantize=quantize, draft=True)
     check_same_tokenizer(tokenizer, loaded.tokenizer)
     if loaded.config.vocab_size < tokenizer.vocab_size:
         raise InvalidRequestError(

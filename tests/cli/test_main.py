@@ -310,6 +310,21 @@ def test_bf16_runs_on_a_cpu_without_onednn_bf16(capsys, model, monkeypatch):
     assert_user_error(capsys, "generate", "hi", "--target", model, "--dtype", "bfloat16", match="AVX-512")
 
 
+def test_avx2_only_cpu_runs_bf16_and_int4(model):
+    """oneDNN and ATen limited to AVX2 in a subprocess: what an AVX2-only CPU runs, on any CPU.
+    (ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN's bf16 packing raise exactly as it does there.)"""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2")
+    env.pop("SAGUARO_CPU_KERNELS", None)
+    for quant in ("none", "int4"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "saguaro", "generate", "hi", "--target", model, "--dtype", "bfloat16",
+             "--quantize-target", quant, "--max-tokens", "3", "--ignore-eos", "--json"],
+            capture_output=True, text=True, timeout=120, env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert len(json.loads(proc.stdout)["token_ids"]) == 3
+
+
 def test_no_command(capsys):
     assert_user_error(capsys)
 

@@ -84,3 +84,9 @@ def test_subset_head_is_quantized_inside(folder):
 def test_bad_scheme_is_a_user_error(folder):
     with pytest.raises(InvalidRequestError, match="int4"):
         load_model(folder, quantize="int3")
+
+
+def test_a_drafts_head_takes_the_layers_scheme(folder):
+    assert type(load_model(folder, dtype="float32", quantize="int4", draft=True).decoder.lm_head) is Int4Linear
+    subset = load_model(folder, dtype="float32", quantize="int4", head_tokens=20, draft=True).decoder.lm_head
+    assert type(subset.inner) is Int4Linear

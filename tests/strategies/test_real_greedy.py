@@ -1,4 +1,7 @@
-"""Greedy SD and SSD on the bundled pair equal greedy AR, in float32: 4 prompts x 128 tokens.
+"""Greedy SD and SSD on the bundled pair equal greedy AR, in float32: 2 prompts x 64 tokens.
+
+Kept small (each float32 1.5B run costs minutes on an AVX2 machine); lookaheads, batching and
+sampling are covered on tiny models, and quantized targets in test_quant_exactness.py.
 
 A divergence is allowed only where the target's two best logits are within 1e-3 (a
 floating-point near-tie between the batched and the one-token forward); the test reports it.
@@ -16,11 +19,9 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = [
     "Write a Python function that merges two sorted lists.",
-    "Explain what a mutex is, briefly.",
-    "What is 17 * 23? Show the steps.",
     "Rename the function `f` to `area` in:\n\ndef f(w, h):\n    return w * h\n\nprint(f(2, 3))\n",
 ]
-TOKENS = 128
+TOKENS = 64
 GREEDY = SamplingParams(temperature=0, max_tokens=TOKENS, ignore_eos=True)
 NEAR_TIE = 1e-3
 
@@ -57,9 +58,9 @@ def assert_same_or_near_tie(prompts, expected, got, label):
         assert margin < NEAR_TIE, f"{label}: output differs from AR at token {i} with margin {margin}"
 
 
-@pytest.mark.parametrize("k", [1, 4, 8])
-def test_sd_greedy_equals_ar(reference, k):
+def test_sd_greedy_equals_ar(reference):
     prompts, expected = reference
+    k = 4
     llm = LLM(mode="sd", k=k, dtype="float32")
     got = [r.token_ids for r in llm.generate(prompts, GREEDY)]
     assert_same_or_near_tie(prompts, expected, got, f"sd k={k}")
