@@ -32,3 +32,13 @@ def restore_placement():
 
         pin_process(cores)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Thousands of tiny per-row ops: on 2 shared cores a second intra-op thread made the
+    exactness modules about 14x slower under load (threads spin waiting for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

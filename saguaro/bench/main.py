@@ -101,11 +101,13 @@ def cpu_configs(args, base: dict, both: list[int], one: list[int], two: list[int
     llama = dict(base, engine="llamacpp", model=gguf(args.target), threads=2, n_max=args.ssd_k or 3)
     out = [dict(llama, name="llama.cpp ar", draft=None), dict(llama, name="llama.cpp spec", draft=gguf(args.draft))]
     for quant in args.quantize:
-        q = dict(base, engine="saguaro", quantize_target=quant, quantize_draft=args.quantize_draft)
-        out += [dict(q, name=f"saguaro ar {quant}", mode="ar", cores=both),
-                dict(q, name=f"saguaro sd k=3 {quant}", mode="sd", k=3, cores=both),
-                dict(q, name=f"saguaro ssd {quant}", mode="ssd", cores=one, draft_cores=two, k=args.ssd_k,
-                     fanout=args.fanout)]
+        q = dict(base, engine="saguaro", quantize_target=quant)
+        out.append(dict(q, name=f"saguaro ar {quant}", mode="ar", cores=both))
+        for dq in args.quantize_draft:
+            tag = quant if dq == "auto" else f"{quant} draft {dq}"
+            out += [dict(q, name=f"saguaro sd k=3 {tag}", mode="sd", k=3, cores=both, quantize_draft=dq),
+                    dict(q, name=f"saguaro ssd {tag}", mode="ssd", cores=one, draft_cores=two, k=args.ssd_k,
+                         fanout=args.fanout, quantize_draft=dq)]
     return out
 
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantize", nargs="*", default=["auto"],
                    help="cpu suite: target precisions to run (auto none int8 int4)")
-    p.add_argument("--quantize-draft", default="auto", help="cpu suite: the draft's precision")
+    p.add_argument("--quantize-draft", nargs="*", default=["auto"], help="cpu suite: the draft's precisions")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--kinds", nargs="*", help="prompt kinds (code instruction math editing); default all")
     p.add_argument("--ks", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7, 8], help="SD lookaheads")

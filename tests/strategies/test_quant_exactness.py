@@ -3,7 +3,6 @@ target. Chi-square against the enumerated distribution of that executed target, 
 equality with AR, on the tiny pair with the draft quantized too."""
 
 import pytest
-import torch
 
 from exactness import chi_square_pvalue, engine_logits, exact_distribution, sample_continuations, write_tiny_pair
 from saguaro import LLM, SamplingParams
@@ -17,14 +16,7 @@ ALPHA = 1e-3
 T1 = SamplingParams(temperature=1.0)
 T07 = SamplingParams(temperature=0.7, top_k=5, top_p=0.9)
 QUANT = dict(dtype="float32", quantize_target="int4", quantize_draft="int4")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

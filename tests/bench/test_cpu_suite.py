@@ -7,7 +7,7 @@ from saguaro.bench.main import cpu_flags, print_table, suite_configs
 
 def args(**over):
     base = dict(target="/m/target.gguf", draft="/m/draft.gguf", dtype="auto", max_tokens=16, kinds=["code"],
-                draft_head_tokens=None, quantize=["auto", "none"], quantize_draft="int4", ssd_k=None,
+                draft_head_tokens=None, quantize=["auto", "none"], quantize_draft=["int4"], ssd_k=None,
                 fanout="flat")
     return argparse.Namespace(**{**base, **over})
 
@@ -21,10 +21,12 @@ def test_cpu_suite_pairs_llamacpp_with_each_precision():
     assert ar["model"] == "/m/target.gguf" and ar["threads"] == 2
     for quant in ("auto", "none"):
         for mode in ("ar", "sd k=3", "ssd"):
-            cfg = by_name[f"saguaro {mode} {quant}"]
+            name = f"saguaro {mode} {quant}" + ("" if mode == "ar" else " draft int4")
+            cfg = by_name[name]
             assert cfg["engine"] == "saguaro" and cfg["quantize_target"] == quant
-            assert cfg["quantize_draft"] == "int4"
-    assert by_name["saguaro ssd auto"]["cores"] == [0] and by_name["saguaro ssd auto"]["draft_cores"] == [1]
+            assert mode == "ar" or cfg["quantize_draft"] == "int4"
+    ssd = by_name["saguaro ssd auto draft int4"]
+    assert ssd["cores"] == [0] and ssd["draft_cores"] == [1]
 
 
 def test_table_ratios_are_against_llamacpp_ar():
