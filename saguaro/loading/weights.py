@@ -15,6 +15,18 @@ from saguaro.model.config import ModelConfig
 Getter = Callable[[str], torch.Tensor]
 
 
+def layer_parts(cfg: ModelConfig, i: int) -> dict[str, list[tuple[str, int]]]:
+    """Each fused layer linear -> its HF tensors (name without .weight/.bias) and their rows, in order."""
+    p = f"model.layers.{i}."
+    return {
+        "qkv": [(p + "self_attn.q_proj", cfg.q_size), (p + "self_attn.k_proj", cfg.kv_size),
+                (p + "self_attn.v_proj", cfg.kv_size)],
+        "o": [(p + "self_attn.o_proj", cfg.hidden_size)],
+        "gate_up": [(p + "mlp.gate_proj", cfg.intermediate_size), (p + "mlp.up_proj", cfg.intermediate_size)],
+        "down": [(p + "mlp.down_proj", cfg.hidden_size)],
+    }
+
+
 def fuse_weights(cfg: ModelConfig, names: set[str], get: Getter, device, dtype) -> dict[str, torch.Tensor]:
     def take(name: str) -> torch.Tensor:
         if name not in names:
@@ -30,16 +42,14 @@ def fuse_weights(cfg: ModelConfig, names: set[str], get: Getter, device, dtype) 
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
         a = p + "self_attn."
+        parts = layer_parts(cfg, i)
         w = {
             "input_norm": take(p + "input_layernorm.weight"),
             "post_norm": take(p + "post_attention_layernorm.weight"),
-            "qkv": cat(a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"),
-            "o": take(a + "o_proj.weight"),
-            "gate_up": cat(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"),
-            "down": take(p + "mlp.down_proj.weight"),
+            **{linear: cat(*(name + ".weight" for name, _ in named)) for linear, named in parts.items()},
         }
         if cfg.attention_bias:
-            w["qkv_bias"] = cat(a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias")
+            w["qkv_bias"] = cat(*(name + ".bias" for name, _ in parts["qkv"]))
         if cfg.qk_norm:
             w["q_norm"], w["k_norm"] = take(a + "q_norm.weight"), take(a + "k_norm.weight")
         out.update({f"layers.{i}.{k}": v for k, v in w.items()})

@@ -53,9 +53,9 @@ def onednn_runs(dtype: torch.dtype) -> bool:
         return False
 
 
-def should_pack(decoder: Decoder, kernels: str | None = None) -> bool:
+def should_pack(decoder: Decoder) -> bool:
     """auto packs bf16 CPU decoders where oneDNN runs them; onednn packs or fails in one line."""
-    kernels = kernels or requested_kernels()
+    kernels = requested_kernels()
     if kernels == "portable" or decoder.device.type != "cpu":
         return False
     if kernels == "auto":
@@ -67,9 +67,9 @@ def should_pack(decoder: Decoder, kernels: str | None = None) -> bool:
     return True
 
 
-def pack_for_cpu(decoder: Decoder, kernels: str | None = None) -> Decoder:
+def pack_for_cpu(decoder: Decoder) -> Decoder:
     """Replace the decoder's plain linears in place; a no-op where packing does not apply."""
-    if not should_pack(decoder, kernels):
+    if not should_pack(decoder):
         return decoder
     packable = [(layer, name) for layer in decoder.layers for name in ("qkv", "o", "gate_up", "down")]
     for layer, name in packable:

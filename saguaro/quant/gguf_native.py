@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from saguaro.loading.gguf_file import hf_name, unpermute
+from saguaro.model.config import ModelConfig
 from saguaro.quant.grids import Int4Grid, grid_from_q4_k
 
 BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "IQ4_NL": 4, "IQ4_XS": 4, "Q5_0": 5, "Q5_1": 5, "Q5_K": 5,
@@ -20,7 +21,7 @@ def source_bits(reader) -> dict[str, int]:
     return {name: BITS.get(t.tensor_type.name, 16) for t in reader.tensors if (name := hf_name(t.name))}
 
 
-def q4_k_grids(reader, cfg: dict) -> dict[str, Int4Grid]:
+def q4_k_grids(reader, cfg: ModelConfig) -> dict[str, Int4Grid]:
     """HF name -> the tensor's own group-32 grid, for every Q4_K matrix in the file."""
     grids = {}
     for t in reader.tensors:
@@ -36,9 +37,9 @@ def q4_k_grids(reader, cfg: dict) -> dict[str, Int4Grid]:
     return grids
 
 
-def _permuted_heads(name: str, cfg: dict) -> int:
-    if cfg["model_type"] != "llama":
+def _permuted_heads(name: str, cfg: ModelConfig) -> int:
+    if cfg.model_type != "llama":
         return 0
     if name.endswith("q_proj.weight"):
-        return cfg["num_attention_heads"]
-    return cfg["num_key_value_heads"] if name.endswith("k_proj.weight") else 0
+        return cfg.num_heads
+    return cfg.num_kv_heads if name.endswith("k_proj.weight") else 0

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-Q4_K_BLOCK = 256  # weights per Q4_K super-block
 Q4_K_BYTES = 144  # fp16 d, fp16 dmin, 12 bytes of 6-bit sub-scales and mins, 128 bytes of codes
 Q4_K_GROUP = 32  # weights per Q4_K sub-block: one scale and one min each
 

@@ -26,9 +26,7 @@ def pad_rows(grid: Int4Grid, extra: int) -> Int4Grid:
 
 
 class QuantLinear(Linear):
-    """Keeps `weight` as the dequantized reference only where asked (tests); `bits` per weight."""
-
-    bits: float
+    """`weight` holds the kernel's packed codes, not a float matrix."""
 
     def _bias(self, y: torch.Tensor) -> torch.Tensor:
         return y if self.bias is None else y + self.bias
@@ -43,7 +41,6 @@ class Int4Linear(QuantLinear):
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(grid.q.to(torch.int32).contiguous(), 1)
         super().__init__(packed, None if bias is None else bias.to(dtype))
         self.pairs, self.group, self.out_features = pairs, grid.group, out
-        self.bits = 4 + 2 * 16 / grid.group if dtype != torch.float32 else 4 + 2 * 32 / grid.group
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -60,7 +57,6 @@ class Int8Linear(QuantLinear):
         q = torch.round(w / scale.unsqueeze(1)).clamp(-127, 127).to(torch.int8)  # [out, in]
         super().__init__(q, None if bias is None else bias.to(dtype))
         self.scale = scale.to(dtype)
-        self.bits = 8 + (16 if dtype != torch.float32 else 32) / weight.shape[1]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

@@ -12,6 +12,7 @@ import statistics
 import torch
 
 from saguaro.errors import InvalidRequestError
+from saguaro.loading.weights import layer_parts
 from saguaro.model.decoder import Decoder, Linear
 from saguaro.quant.grids import Int4Grid, concat_grids, grid_from_float
 from saguaro.quant.linear import Int4Linear, Int8Linear
@@ -40,18 +41,6 @@ def resolve_scheme(scheme: str, bits: dict[str, int]) -> str:
     return "int4" if typical <= 5 else "int8" if typical <= 8 else "none"
 
 
-def _parts(decoder: Decoder, i: int) -> dict[str, list[tuple[str, int]]]:
-    """Each layer linear -> its HF tensors and their row counts, in fused order."""
-    c, p = decoder.cfg, f"model.layers.{i}."
-    return {
-        "qkv": [(p + "self_attn.q_proj.weight", c.q_size), (p + "self_attn.k_proj.weight", c.kv_size),
-                (p + "self_attn.v_proj.weight", c.kv_size)],
-        "o": [(p + "self_attn.o_proj.weight", c.hidden_size)],
-        "gate_up": [(p + "mlp.gate_proj.weight", c.intermediate_size), (p + "mlp.up_proj.weight", c.intermediate_size)],
-        "down": [(p + "mlp.down_proj.weight", c.hidden_size)],
-    }
-
-
 def _int4_grid(weight: torch.Tensor, parts: list[tuple[str, int]], grids: dict[str, Int4Grid]) -> Int4Grid:
     rows = torch.split(weight, [n for _, n in parts])
     return concat_grids([grids.get(name) or grid_from_float(w, GROUP) for (name, _), w in zip(parts, rows)])
@@ -76,8 +65,9 @@ def quantize_decoder(decoder: Decoder, scheme: str, bits: dict[str, int] | None 
     if decoder.device.type != "cpu":
         raise InvalidRequestError(f"quantize={scheme} runs on CPU only; use quantize='none' on {decoder.device}")
     for i, layer in enumerate(decoder.layers):
-        for attr, parts in _parts(decoder, i).items():
-            setattr(layer, attr, _quantized(getattr(layer, attr), scheme, parts, decoder.dtype, bits, grids))
+        for attr, parts in layer_parts(decoder.cfg, i).items():
+            weights = [(name + ".weight", rows) for name, rows in parts]
+            setattr(layer, attr, _quantized(getattr(layer, attr), scheme, weights, decoder.dtype, bits, grids))
     head_name = "lm_head.weight" if "lm_head.weight" in bits else "model.embed_tokens.weight"
     # The head decides every token: int4 only where the file itself stores it at 4 bits.
     head_scheme = "int4" if scheme == "int4" and (same_head or head_name in grids) else "int8"
