@@ -67,8 +67,8 @@ class Decoder:
     def linears(self) -> list[Linear]:
         return [l for layer in self.layers for l in layer.linears()] + [self.lm_head]
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
-        return KVCache(self.cfg, batch, capacity, self.device, self.dtype)
+    def new_cache(self, batch: int, capacity: int, max_rows: int | None = None) -> KVCache:
+        return KVCache(self.cfg, batch, capacity, self.device, self.dtype, max_rows)
 
     @torch.inference_mode()
     def forward(
@@ -81,13 +81,37 @@ class Decoder:
         logit_index: torch.Tensor | None = None,  # [B, T'] which T positions need logits
     ) -> torch.Tensor:
         """Returns logits [B, T', vocab] (T' = T without logit_index) in the model dtype."""
+        return self.compute(tokens, positions, cache, slots, mask, logit_index)
+
+    def compute(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        slots: torch.Tensor,
+        mask: torch.Tensor,
+        logit_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` without its inference-mode wrapper: the body to torch.compile or capture.
+
+        Call it (or its compiled form) under torch.inference_mode(): torch.compile fails on a
+        function that itself enters inference mode (pytorch issue 180823). Nothing here reads a
+        tensor's value on the host: shapes are Python ints from tensor shapes, RoPE is a gather
+        from a prebuilt table, and GQA attention never materialises repeated K/V.
+        """
         cfg = self.cfg
         b, t = tokens.shape
         kv_len = mask.shape[-1]
         x = F.embedding(tokens, self.embed)  # [B, T, hidden]
-        cos, sin = self.rotary.cos_sin(positions)
-        attn_mask = mask.unsqueeze(1)  # [B, 1, T, kv_len]
+        # A token's position never exceeds its slot (< kv_len), so this covers every position; a
+        # host-side no-op unless kv_len outruns the table built for the context (plus slack).
+        self.rotary.reserve(kv_len)
+        cos, sin = self.rotary.cos_sin(positions)  # no host sync
+        # GQA without repeating K/V: query heads j*rep..(j+1)*rep-1 share KV head j, so each KV
+        # head's group of queries is folded into the query length, [B, kv_heads, rep * T, hd]
+        # (row r * T + i is head j*rep + r at token i); the mask is repeated to match.
         rep = cfg.num_heads // cfg.num_kv_heads
+        attn_mask = mask.unsqueeze(1).expand(b, rep, t, kv_len).reshape(b, 1, rep * t, kv_len)
         for i, layer in enumerate(self.layers):
             h = rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
             qkv = layer.qkv(h)  # [B, T, q_size + 2 kv_size]
@@ -101,11 +125,9 @@ class Decoder:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             cache.write(i, slots, k, v)
             keys, values = cache.view(i, kv_len)  # [B, kv_heads, kv_len, hd]
-            if rep > 1:
-                keys = keys.repeat_interleave(rep, dim=1)
-                values = values.repeat_interleave(rep, dim=1)
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
-            a = a.transpose(1, 2).reshape(b, t, cfg.q_size)
+            q = q.reshape(b, cfg.num_kv_heads, rep * t, cfg.head_dim)
+            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)  # [B, kv_heads, rep * T, hd]
+            a = a.reshape(b, cfg.num_heads, t, cfg.head_dim).transpose(1, 2).reshape(b, t, cfg.q_size)
             x = x + layer.o(a)
             h = rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)

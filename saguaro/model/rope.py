@@ -1,6 +1,7 @@
 """Rotary position embeddings, including Llama-3's frequency scaling.
 
-Frequencies are computed in float32 from the config; cos/sin are gathered per token position.
+Frequencies are computed in float32 from the config; the cos/sin table is built once, up to the
+context (plus slack), and gathered per token position without a host sync.
 """
 
 from __future__ import annotations
@@ -40,17 +41,40 @@ def _llama3_scale(inv: torch.Tensor, s: dict) -> torch.Tensor:
     return torch.where(is_mid, mid, scaled)
 
 
-class Rotary:
-    """Holds a cos/sin table and applies the rotation in the model's dtype."""
+# Positions the table covers past the model's context. The engine refuses requests longer than
+# the context, but SSD branch drafting places tokens up to about 2 K past a sequence's end.
+POSITION_SLACK = 1024
 
-    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype):
+
+class Rotary:
+    """A cos/sin table built once, at construction, and gathered per token position.
+
+    `cos_sin` is a pure device-side gather (no host sync, the table never changes during a
+    forward), so a forward using it can be captured (CUDA graphs, torch.compile). The table covers `length` positions
+    (callers pass the model's context plus POSITION_SLACK: 33792 positions of a 128-wide head
+    are 17 MB in bfloat16). A position past it is an indexing error (IndexError on the CPU, a
+    device-side assert on CUDA), never a silently wrong rotation; a caller that knows, host-side,
+    that it needs more can `reserve` it before the forward (Decoder.forward reserves its kv_len).
+    """
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, length: int | None = None):
         self.inv_freq = inverse_frequencies(cfg).to(device)  # [head_dim // 2]
         self.dtype = dtype
         self._len = 0
         self._cos = self._sin = None
+        self.reserve(cfg.max_position_embeddings + POSITION_SLACK if length is None else length)
 
-    def _grow(self, needed: int) -> None:
-        length = max(needed, 2 * self._len, 256)
+    @property
+    def length(self) -> int:
+        """Positions 0..length-1 are in the table."""
+        return self._len
+
+    def reserve(self, length: int) -> None:
+        """Make positions 0..length-1 available (host-side; rebuilds the table only if it is shorter).
+
+        A rebuild replaces the tables, so do it outside any captured region."""
+        if length <= self._len:
+            return
         t = torch.arange(length, device=self.inv_freq.device, dtype=torch.float32)
         freqs = torch.outer(t, self.inv_freq)  # [length, head_dim // 2]
         emb = torch.cat([freqs, freqs], dim=-1)  # [length, head_dim]
@@ -58,10 +82,7 @@ class Rotary:
         self._len = length
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B, T] -> cos, sin [B, 1, T, head_dim]."""
-        needed = int(positions.max()) + 1
-        if needed > self._len:
-            self._grow(needed)
+        """positions [B, T], each < `length` -> cos, sin [B, 1, T, head_dim]."""
         return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
 
 
