@@ -5,12 +5,16 @@ from saguaro.sampling.params import SamplingParams
 
 
 def __getattr__(name):
-    # LLM pulls in torch and the loaders; import it lazily so `import saguaro` stays cheap.
+    # LLM and Engine pull in torch and the loaders; import them lazily so `import saguaro` stays cheap.
     if name in ("LLM", "GenerationResult"):
         from saguaro import llm
 
         return getattr(llm, name)
+    if name in ("Engine", "RequestOutput"):
+        from saguaro.engine import engine
+
+        return getattr(engine, name)
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "GenerationResult", "SamplingParams", "SaguaroError", "ModelLoadError", "InvalidRequestError"]
+__all__ = ["LLM", "GenerationResult", "Engine", "RequestOutput", "SamplingParams", "SaguaroError", "ModelLoadError", "InvalidRequestError"]

@@ -153,6 +153,10 @@ def open_llm(args: argparse.Namespace):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     accepted = inspect.signature(LLM).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        from saguaro.engine.build import build_parts
+
+        accepted = inspect.signature(build_parts).parameters  # what LLM forwards its options to
     for name, flag in OPTIONAL_LLM_FLAGS.items():
         if getattr(args, name) is None:
             continue

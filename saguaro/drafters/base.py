@@ -28,8 +28,11 @@ class Drafter(ABC):
     def propose(self, seqs: list[Sequence], k: int) -> DraftProposal:
         """Speculate up to k tokens after each sequence's trunk."""
 
-    def start(self, seqs: list[Sequence], capacity: int) -> None:
-        """Prepare per-batch state once the batch is known."""
+    def open(self, max_rows: int, capacity: int) -> None:
+        """Size per-engine state (a KV pool) once."""
+
+    def join(self, seqs: list[Sequence]) -> None:
+        """New sequences join after the current rows, in order."""
 
     def keep_rows(self, rows: list[int]) -> None:
         """Finished sequences leave; `rows` stay, in order."""

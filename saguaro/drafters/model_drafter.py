@@ -43,9 +43,14 @@ class ModelDrafter(Drafter):
         self.vocab = target_vocab
         self.cache: KVCache | None = None
 
-    def start(self, seqs: list[Sequence], capacity: int) -> None:
-        self.cache = self.runner.new_cache(len(seqs), capacity)
-        self.runner.prefill(self.cache, [s.prompt[:-1] for s in seqs])
+    def open(self, max_rows: int, capacity: int) -> None:
+        self.cache = self.runner.new_cache(0, capacity, max_rows)
+
+    def join(self, seqs: list[Sequence]) -> None:
+        first = self.cache.batch
+        for _ in seqs:
+            self.cache.add_row()
+        self.runner.prefill(self.cache.window(first, self.cache.batch), [s.trunk[:-1] for s in seqs])
 
     def keep_rows(self, rows: list[int]) -> None:
         self.cache.keep_rows(rows)

@@ -37,8 +37,8 @@ class ModelRunner:
     def vocab_size(self) -> int:
         return self.decoder.cfg.vocab_size
 
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
-        return self.decoder.new_cache(batch, capacity)
+    def new_cache(self, batch: int, capacity: int, max_rows: int | None = None) -> KVCache:
+        return self.decoder.new_cache(batch, capacity, max_rows)
 
     def feed(self, cache: KVCache, rows: list[list[int]], all_logits: bool = False) -> torch.Tensor:
         """Append rows[b] to sequence b of `cache` and run one forward.

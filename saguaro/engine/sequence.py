@@ -12,7 +12,7 @@ import torch
 from saguaro.sampling.params import SamplingParams
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the engine finds a request in its queues
 class Sequence:
     prompt: list[int]
     params: SamplingParams
@@ -21,11 +21,13 @@ class Sequence:
     decode: object = None  # callable(ids) -> str, needed only for stop strings
     output: list[int] = field(default_factory=list)
     text_end: int | None = None  # where the text is cut by a stop string
-    finish_reason: str | None = None  # "eos", "length" or "stop"
+    finish_reason: str | None = None  # "eos", "length", "stop" or "abort"
     timing: dict = field(default_factory=dict)  # prefill_s, decode_s, filled in by the loop
     stats: object = None  # the strategy's per-sequence counters (SpeculationStats), if any
     ssd: object = None  # SSD's per-sequence figures (SSDStats), if any
     extra: dict = field(default_factory=dict)  # the strategy's other figures
+    request_id: str = ""
+    prefilled: int = 0  # prompt tokens already in the target's cache (the engine prefills in chunks)
 
     @property
     def trunk(self) -> list[int]:

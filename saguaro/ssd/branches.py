@@ -15,7 +15,7 @@ from saguaro.engine.runner import ModelRunner
 from saguaro.sampling.params import SamplingParams
 from saguaro.sampling.probs import apply_saguaro, probs_for_params, sample
 from saguaro.ssd.masks import branch_mask, branch_positions, branch_slots
-from saguaro.ssd.outcomes import predict_outcomes
+from saguaro.ssd.outcomes import predict_outcomes_batch
 from saguaro.ssd.spec_cache import CacheEntry, SpeculationCache
 
 
@@ -40,11 +40,25 @@ class BranchDrafter:
         self.cache = None
         self.spec_cache = SpeculationCache()
 
-    def start(self, seqs: list[DraftSequence], capacity: int) -> None:
-        self.seqs = seqs
+    def start(self, seqs: list[DraftSequence], capacity: int, max_rows: int | None = None) -> None:
+        """A new session: the KV pool is kept from the last one when it is large enough."""
+        max_rows = max(len(seqs), max_rows or 0)
+        self.seqs = []
         self.spec_cache.clear()
-        self.cache = self.runner.new_cache(len(seqs), capacity)
-        self.runner.prefill(self.cache, [s.trunk[:-1] for s in seqs])
+        if self.cache is None or self.cache.capacity < capacity or self.cache.max_rows < max_rows:
+            self.cache = self.runner.new_cache(0, capacity, max_rows)
+        self.cache.keep_rows([])
+        self.add(seqs)
+
+    def add(self, seqs: list[DraftSequence], whole: bool = False) -> None:
+        """Sequences join after the current rows, their trunks prefilled minus the last token, or
+        `whole` when the token after the trunk is known already (the first outcome of a row that
+        joins a running session), so that the cache again lacks just the trunk's last token."""
+        first = self.cache.batch
+        for s in seqs:
+            self.cache.add_row()
+            self.seqs.append(s)
+        self.runner.prefill(self.cache.window(first, self.cache.batch), [s.trunk if whole else s.trunk[:-1] for s in seqs])
 
     def keep_rows(self, rows: list[int]) -> None:
         for b in set(range(len(self.seqs))) - set(rows):
@@ -102,13 +116,16 @@ class BranchDrafter:
         t0 = time.perf_counter()
         q_glue = self.glue()
         t1 = time.perf_counter()
-        guesses = []
+        by_length: dict[int, list[int]] = {}
         for b, s in enumerate(self.seqs):
-            kb = len(s.speculation)
+            by_length.setdefault(len(s.speculation), []).append(b)
+        for kb, rows in by_length.items():  # one batched prediction (one host sync) per length
             fan = fanout[:kb] + [fanout[-1]]  # F_0..F_{kb-1}, then the bonus fan-out F_K
-            spec = torch.tensor(s.speculation, dtype=torch.long)
-            s.guesses = predict_outcomes(q_glue[b, : kb + 1], spec, fan)
-            guesses.append(s.guesses)
+            spec = torch.tensor([self.seqs[b].speculation for b in rows], dtype=torch.long).view(len(rows), kb)
+            index = torch.tensor(rows, device=q_glue.device)
+            for b, g in zip(rows, predict_outcomes_batch(q_glue[index, : kb + 1], spec, fan)):
+                self.seqs[b].guesses = g
+        guesses = [s.guesses for s in self.seqs]
         width = max(len(g) for g in guesses)
         padded = [g + [g[0]] * (width - len(g)) for g in guesses]  # pads are scratch, never stored
         tokens = torch.tensor([[t for _, t in g] for g in padded])  # [B, NB]
@@ -116,16 +133,18 @@ class BranchDrafter:
         qs = [[[] for _ in range(width)] for _ in self.seqs]
         for depth in range(k):
             logits = self._branch_forward(tokens, padded, depth)  # [B, NB, draft_vocab]
-            nxt = []
+            picks = align_vocab(logits, self.vocab).argmax(dim=-1)  # [B, NB]: greedy rows keep these
             for b, s in enumerate(self.seqs):
+                if s.params.greedy:
+                    continue
                 q = self._q(logits[b], s, fanout[min(depth, len(fanout) - 1)])  # [NB, vocab]
-                picks = q.argmax(-1) if s.params.greedy else sample(q, [s.generator] * width)
+                picks[b] = sample(q, [s.generator] * width)
                 for j in range(width):
-                    drafted[b][j].append(int(picks[j]))
-                    if not s.params.greedy:
-                        qs[b][j].append(q[j])
-                nxt.append(picks.tolist())
-            tokens = torch.tensor(nxt)
+                    qs[b][j].append(q[j])
+            for b, row in enumerate(picks.tolist()):  # one host sync per depth
+                for j, t in enumerate(row):
+                    drafted[b][j].append(t)
+            tokens = picks
         for b, s in enumerate(self.seqs):
             for j, (n, t) in enumerate(s.guesses):
                 q = torch.stack(qs[b][j]) if qs[b][j] else None

@@ -24,6 +24,10 @@ from saguaro.ssd.worker import WorkerConfig, worker_thread_main
 log = logging.getLogger(__name__)
 
 
+def _payload(seqs) -> list:
+    return [(s.trunk, dataclasses.asdict(s.params)) for s in seqs]
+
+
 class WorkerFault(RuntimeError):
     """The worker died or stopped answering."""
 
@@ -129,17 +133,27 @@ class WorkerClient:
 
     # ---- rounds ---------------------------------------------------------------------------------
 
-    def start_batch(self, seqs, capacity: int, options: dict) -> Reply:
-        self._max_batch = len(seqs)
-        payload = [(s.trunk, dataclasses.asdict(s.params)) for s in seqs]
-        self._guard(lambda: self.channel.send_obj({"cmd": "start", "seqs": payload, "capacity": capacity, **options}))
+    def start_batch(self, seqs, capacity: int, options: dict, max_batch: int | None = None) -> Reply:
+        """Open a session with these sequences; up to `max_batch` rows may take part at once."""
+        self._max_batch = max(len(seqs), max_batch or 0)
+        self._guard(lambda: self.channel.send_obj({"cmd": "start", "seqs": _payload(seqs), "capacity": capacity,
+                                                   "max_batch": self._max_batch, **options}))
         # The first reply includes the worker's start-up measurements and prefill.
         return self._recv_reply(len(seqs), timeout_s=max(self.timeout_s, 600.0))
 
-    def round(self, keep: list[bool], outcomes: list[tuple[int, int]], verify_s: float) -> Reply:
-        buf = encode_outcomes(self._max_batch, keep, outcomes, int(verify_s * 1e6))
-        self._guard(lambda: self.channel.send(buf))
-        return self._recv_reply(len(outcomes))
+    def round(self, keep: list[bool], outcomes: list[tuple[int, int]], verify_s: float, added=()) -> Reply:
+        """keep: a flag per row the worker holds; outcomes of the kept rows, then of the `added`
+        sequences, which join the session now (their trunks are sent after the outcomes)."""
+        buf = encode_outcomes(self._max_batch, keep, outcomes, int(verify_s * 1e6), len(added))
+
+        def send():
+            self.channel.send(buf)
+            if added:
+                self.channel.send_obj({"seqs": _payload(added)})
+
+        self._guard(send)
+        # A join prefills on the worker before it answers.
+        return self._recv_reply(len(outcomes), timeout_s=max(self.timeout_s, 600.0) if added else None)
 
     def end_batch(self) -> None:
         if self.healthy:

@@ -14,20 +14,25 @@ CMD_ROUND, CMD_END = 1, 2
 K_MAX = 16  # the widest speculation a reply can carry
 
 
+HEAD = 4  # command, rows the worker holds, the engine's verify time (us), rows added this round
+
+
 def outcome_buffer(max_batch: int) -> torch.Tensor:
-    return torch.zeros(3 + 3 * max_batch, dtype=torch.int64)
+    return torch.zeros(HEAD + 3 * max_batch, dtype=torch.int64)
 
 
-def encode_outcomes(max_batch: int, keep: list[bool], outcomes: list[tuple[int, int]], verify_us: int) -> torch.Tensor:
-    """keep: one flag per row the worker holds now; outcomes: (n, t) for each kept row, in order."""
-    if sum(keep) != len(outcomes) or len(keep) > max_batch:
-        raise ValueError("one outcome per kept row, at most max_batch rows")
+def encode_outcomes(max_batch: int, keep: list[bool], outcomes: list[tuple[int, int]], verify_us: int,
+                    added: int = 0) -> torch.Tensor:
+    """keep: one flag per row the worker holds now; outcomes: (n, t) for each kept row, in order,
+    then for each of the `added` new rows (whose trunks follow as an object message)."""
+    if sum(keep) + added != len(outcomes) or len(keep) > max_batch or len(outcomes) > max_batch:
+        raise ValueError("one outcome per kept or added row, at most max_batch rows")
     buf = outcome_buffer(max_batch)
-    buf[0], buf[1], buf[2] = CMD_ROUND, len(keep), verify_us
-    buf[3 : 3 + len(keep)] = torch.tensor([int(x) for x in keep], dtype=torch.int64)
+    buf[0], buf[1], buf[2], buf[3] = CMD_ROUND, len(keep), verify_us, added
+    buf[HEAD : HEAD + len(keep)] = torch.tensor([int(x) for x in keep], dtype=torch.int64)
     flat = [v for pair in outcomes for v in pair]
     if flat:
-        buf[3 + len(keep) : 3 + len(keep) + len(flat)] = torch.tensor(flat, dtype=torch.int64)
+        buf[HEAD + len(keep) : HEAD + len(keep) + len(flat)] = torch.tensor(flat, dtype=torch.int64)
     return buf
 
 
@@ -37,12 +42,13 @@ def encode_end(max_batch: int) -> torch.Tensor:
     return buf
 
 
-def decode_outcomes(buf: torch.Tensor) -> tuple[int, list[bool], list[tuple[int, int]], int]:
-    """-> (command, keep flags, outcomes of kept rows, engine's verify time in microseconds)."""
-    cmd, rows, verify_us = int(buf[0]), int(buf[1]), int(buf[2])
-    keep = [bool(x) for x in buf[3 : 3 + rows].tolist()]
-    flat = buf[3 + rows : 3 + rows + 2 * sum(keep)].tolist()
-    return cmd, keep, list(zip(flat[0::2], flat[1::2])), verify_us
+def decode_outcomes(buf: torch.Tensor) -> tuple[int, list[bool], list[tuple[int, int]], int, int]:
+    """-> (command, keep flags, outcomes of kept then added rows, engine's verify time in
+    microseconds, rows added)."""
+    cmd, rows, verify_us, added = (int(x) for x in buf[:HEAD].tolist())
+    keep = [bool(x) for x in buf[HEAD : HEAD + rows].tolist()]
+    flat = buf[HEAD + rows : HEAD + rows + 2 * (sum(keep) + added)].tolist()
+    return cmd, keep, list(zip(flat[0::2], flat[1::2])), verify_us, added
 
 
 @dataclass

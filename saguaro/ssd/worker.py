@@ -111,16 +111,22 @@ class Worker:
             if msg["cmd"] == "start":
                 self.run_batch(msg)
 
-    # ---- one batch ------------------------------------------------------------------------------
+    def _sequences(self, payload: list) -> list[DraftSequence]:
+        seqs = []
+        for prompt, params in payload:
+            seqs.append(DraftSequence(self._next_key, list(prompt), SamplingParams(**params),
+                                      _generator(params.get("seed"))))
+            self._next_key += 1
+        return seqs
+
+    # ---- one session: sequences join and leave between rounds -----------------------------------
 
     def run_batch(self, msg: dict) -> None:
-        seqs = [
-            DraftSequence(i, list(prompt), SamplingParams(**params), _generator(params.get("seed")))
-            for i, (prompt, params) in enumerate(msg["seqs"])
-        ]
-        max_b = len(seqs)
+        self._next_key = 0
+        seqs = self._sequences(msg["seqs"])
+        max_b = max(len(seqs), msg.get("max_batch") or 0)
         # Room for the speculation and every branch past the longest trunk.
-        self.drafter.start(seqs, msg["capacity"] + (K_MAX + 1) * (MAX_BRANCHES + 1))
+        self.drafter.start(seqs, msg["capacity"] + (K_MAX + 1) * (MAX_BRANCHES + 1), max_b)
         # Seeded sampled batches get a plan of their own that never changes, so they replay.
         seeded = any(s.params.seed is not None and not s.params.greedy for s in seqs)
         key = (len(seqs), msg.get("k"), str(msg["fanout"]), seeded)
@@ -130,10 +136,9 @@ class Worker:
         observed = Observed()
         # Fresh estimates per batch, so a seeded request replays the same fan-out decisions.
         self.tracker = AcceptanceTracker()
-        backup = msg["backup"] if msg["backup"] != "auto" else ("neural" if max_b <= 2 else "ngram")
-        entries = self.drafter.jit(list(range(max_b)), k, fanout)
-        self._reply(max_b, k, [entries[b] for b in range(max_b)], [False] * max_b,
-                    {"k": k, "branches": budget})
+        rows = len(seqs)
+        entries = self.drafter.jit(list(range(rows)), k, fanout)
+        self._reply(max_b, k, [entries[b] for b in range(rows)], [False] * rows, {"k": k, "branches": budget})
         while True:
             buf = outcome_buffer(max_b)
             work = self.channel.recv_async(buf)
@@ -143,11 +148,12 @@ class Worker:
             idle_start = time.perf_counter()
             work.wait()
             stats["idle_s"] = time.perf_counter() - idle_start
-            cmd, keep, outcomes, verify_us = decode_outcomes(buf)
+            cmd, keep, outcomes, verify_us, added = decode_outcomes(buf)
             if cmd == CMD_END:
                 self._replan(key, observed)
                 return
-            observed.record(verify_us / 1e6, stats["glue_s"], stats["branch_s"], k, outcomes,
+            kept = sum(keep)
+            observed.record(verify_us / 1e6, stats["glue_s"], stats["branch_s"], k, outcomes[:kept],
                             [len(s.speculation) for b, s in enumerate(self.drafter.seqs) if keep[b]])
             self.rounds += 1
             if self.cfg.fault_after_rounds is not None and self.rounds >= self.cfg.fault_after_rounds:
@@ -155,7 +161,11 @@ class Worker:
                     raise WorkerStopped()
                 os._exit(17)
             if not all(keep):
-                self.drafter.keep_rows([b for b, kept in enumerate(keep) if kept])
+                self.drafter.keep_rows([b for b, flag in enumerate(keep) if flag])
+            if added:
+                # Joining rows verified an empty speculation (a plain AR step): their outcome is
+                # (0, t) after the trunk sent now, and their first speculation is a backup.
+                self.drafter.add(self._sequences(self.channel.recv_obj()["seqs"]), whole=True)
             found, missed = [], []
             for b, (n, t) in enumerate(outcomes):
                 s = self.drafter.seqs[b]
@@ -165,6 +175,7 @@ class Worker:
                 if entry is None:
                     missed.append(b)
             backup_start = time.perf_counter()
+            backup = msg["backup"] if msg["backup"] != "auto" else ("neural" if len(outcomes) <= 2 else "ngram")
             for b, entry in self._backup(missed, k, fanout, backup).items():
                 found[b] = entry
             stats["backup_s"] = time.perf_counter() - backup_start

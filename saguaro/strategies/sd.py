@@ -19,20 +19,47 @@ from saguaro.strategies.base import Strategy
 from saguaro.verify import one_hot_q, verify_greedy, verify_sampled
 
 
-def verify_row(logits: torch.Tensor, seq: Sequence, spec: list[int], q: torch.Tensor | None) -> tuple[int, int]:
-    """logits [K + 1, vocab] of the target over [last trunk token, s_1..s_K]; q [K, vocab] or None.
+def verify_rows(logits: torch.Tensor, seqs: list[Sequence], proposal: DraftProposal) -> list[tuple[int, int]]:
+    """logits [B, 1 + K, vocab] of the target over [last trunk token, s_1..s_K] per row (rows
+    with shorter speculations padded). Returns each row's outcome (n, t) with one host sync.
 
-    Returns the outcome (n, t) for one sequence.
+    Rows are verified in groups, batched: every greedy row together (shorter speculations are
+    masked by their length), and sampled rows by settings and speculation length, so that each
+    row draws exactly len(spec) + 1 uniforms from its own generator, whatever its companions.
     """
-    k = len(spec)
-    speculation = torch.tensor([spec], dtype=torch.long, device=logits.device)  # [1, K]
-    if seq.params.greedy:
-        v = verify_greedy(logits[None, : k + 1], speculation)
-    else:
-        p = probs_for_params(logits[None, : k + 1], seq.params)  # [1, K + 1, vocab]
-        q1 = one_hot_q(speculation, p.shape[-1]) if q is None else q[None, :k].to(p.device)  # SSD's q comes on CPU
-        v = verify_sampled(p, q1, speculation, [seq.generator])
-    return int(v.accepted[0]), int(v.token[0])
+    device = logits.device
+    lengths = [len(t) for t in proposal.tokens]
+    width = logits.shape[1] - 1
+    spec = torch.tensor([t + [0] * (width - len(t)) for t in proposal.tokens], dtype=torch.long, device=device)
+    accepted = torch.zeros(len(seqs), dtype=torch.long, device=device)
+    token = torch.zeros(len(seqs), dtype=torch.long, device=device)
+    for (params, k), rows in _groups(seqs, lengths).items():
+        index = torch.tensor(rows, device=device)
+        if params is None:  # greedy
+            spec_len = torch.tensor([lengths[b] for b in rows], device=device)
+            v = verify_greedy(logits[index], spec[index], spec_len)
+        else:
+            p = probs_for_params(logits[index, : k + 1], params)  # [G, k + 1, vocab]
+            q = torch.stack([_q_row(proposal, b, spec[b, :k], p.shape[-1]).to(device) for b in rows])
+            v = verify_sampled(p, q, spec[index, :k], [seqs[b].generator for b in rows])
+        accepted[index], token[index] = v.accepted, v.token
+    return list(zip(accepted.tolist(), token.tolist()))
+
+
+def _groups(seqs: list[Sequence], lengths: list[int]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for b, s in enumerate(seqs):
+        key = (None, 0) if s.params.greedy else (s.params, lengths[b])
+        groups.setdefault(key, []).append(b)
+    return groups
+
+
+def _q_row(proposal: DraftProposal, b: int, spec: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[k, vocab]: the q row b's speculation was sampled from; one-hot for deterministic ones."""
+    q = proposal.q_of(b)
+    if q is None:
+        return one_hot_q(spec, vocab)
+    return q[: spec.shape[0]]
 
 
 class SDStrategy(Strategy):
@@ -42,10 +69,13 @@ class SDStrategy(Strategy):
         self.target, self.drafter, self.k = target, drafter, k
         self.extra_slots = k + 1
 
-    def start(self, seqs: list[Sequence], capacity: int) -> None:
-        self.drafter.start(seqs, capacity)
+    def open(self, max_rows: int, capacity: int) -> None:
+        self.drafter.open(max_rows, capacity)
+
+    def join(self, seqs: list[Sequence]) -> None:
         for s in seqs:
             s.stats = SpeculationStats()
+        self.drafter.join(seqs)
 
     def keep_rows(self, rows: list[int]) -> None:
         self.drafter.keep_rows(rows)
@@ -77,11 +107,8 @@ def verify_batch(target: ModelRunner, seqs: list[Sequence], cache: KVCache, prop
     old = list(cache.lengths)
     rows = [[s.trunk[-1]] + proposal.tokens[b] for b, s in enumerate(seqs)]
     logits = target.feed(cache, rows, all_logits=True)  # [B, 1 + K, vocab]
-    outcomes = []
-    for b, s in enumerate(seqs):
-        spec = proposal.tokens[b]
-        n, t = verify_row(logits[b], s, spec, proposal.q_of(b))
-        s.stats.record(len(spec), n)
+    outcomes = verify_rows(logits, seqs, proposal)
+    for b, (s, (n, _)) in enumerate(zip(seqs, outcomes)):
+        s.stats.record(len(proposal.tokens[b]), n)
         cache.truncate(b, old[b] + 1 + n)  # rejected tokens leave the target cache
-        outcomes.append((n, t))
     return outcomes

@@ -34,45 +34,75 @@ class SSDStrategy(Strategy):
         self.options = options  # k, fanout, backup: forwarded to the worker
         self.fallback: ARStrategy | None = None
         self.fault: str | None = None
-        self.pending: Reply | None = None
-        self.keep: list[bool] | None = None
+        self.max_rows = self.capacity = 0
+        self.pending: Reply | None = None  # the next speculation of every running row
+        self.held = 0  # rows the worker holds; rows past them joined since the last round
+        self.keep: list[bool] | None = None  # which held rows are still running
+        self.joined: list[Sequence] = []  # running rows the worker has not seen yet
         self._verify_s: dict[int, dict[int, float]] = {}  # batch -> K -> seconds
 
-    # ---- batch life cycle ---------------------------------------------------------------------
+    # ---- sequences join and leave ---------------------------------------------------------------
 
-    def start(self, seqs: list[Sequence], capacity: int) -> None:
+    def open(self, max_rows: int, capacity: int) -> None:
+        self.max_rows, self.capacity = max_rows, capacity
+
+    def join(self, seqs: list[Sequence]) -> None:
         for s in seqs:
             s.stats, s.ssd = SpeculationStats(), SSDStats()
-        self.keep = None
         if self.fallback is not None:
             return
-        options = dict(self.options, verify_s=self._verify_times(len(seqs)))
-        try:
-            self.pending = self.client.start_batch(seqs, capacity, options)
-        except WorkerFault as e:
-            self._fail(e)
+        if self.pending is None:  # no session: open one with these rows
+            options = dict(self.options, verify_s=self._verify_times(len(seqs)))
+            try:
+                self.pending = self.client.start_batch(seqs, self.capacity, options, self.max_rows)
+                self.held, self.keep, self.joined = len(seqs), None, []
+            except WorkerFault as e:
+                self._fail(e)
+            return
+        # Joining rows verify an empty speculation first (a plain AR step); the worker learns
+        # of them with that round's outcomes.
+        self.joined += seqs
+        p = self.pending
+        extra = len(seqs)
+        self.pending = Reply(p.tokens + [[]] * extra, p.hit + [False] * extra,
+                             None if p.q is None else list(p.q) + [None] * extra, p.has_q + [False] * extra, p.stats)
 
     def keep_rows(self, rows: list[int]) -> None:
-        if self.fallback is None:
-            count = len(self.pending.tokens)
-            self.keep = [b in rows for b in range(count)]
-            p = self.pending
-            self.pending = Reply([p.tokens[b] for b in rows], [p.hit[b] for b in rows],
-                                 None if p.q is None else [p.q[b] for b in rows],
-                                 [p.has_q[b] for b in rows], p.stats)
+        if self.fallback is not None:
+            return
+        if not rows:  # nobody left: end the session
+            self._end()
+            return
+        stay = set(rows)
+        held_keep = self.keep or [True] * self.held
+        # Map the running rows back to the worker's rows: held rows still running come first.
+        running_held = [b for b, kept in enumerate(held_keep) if kept]
+        self.keep = list(held_keep)
+        for j, b in enumerate(running_held):
+            self.keep[b] = j in stay
+        first_joined = len(running_held)
+        self.joined = [s for j, s in enumerate(self.joined) if first_joined + j in stay]
+        p = self.pending
+        self.pending = Reply([p.tokens[b] for b in rows], [p.hit[b] for b in rows],
+                             None if p.q is None else [p.q[b] for b in rows],
+                             [p.has_q[b] for b in rows], p.stats)
 
-    def finish(self, seqs: list[Sequence]) -> None:
-        if self.fallback is None:
+    def _end(self) -> None:
+        if self.pending is not None:
             try:
                 self.client.end_batch()
             except WorkerFault as e:
                 self._fail(e)
-        for s in seqs:
-            s.extra.update(s.ssd.to_dict())
-            if self.fault:
-                s.extra.update(worker_fault=self.fault, fallback="ar")
+        self.pending, self.held, self.keep, self.joined = None, 0, None, []
+
+    def finish(self, seq: Sequence) -> None:
+        seq.extra.update(seq.ssd.to_dict())
+        if self.fault:
+            seq.extra.update(worker_fault=self.fault, fallback="ar")
 
     def close(self) -> None:
+        if self.fallback is None:
+            self._end()  # a session may still be open (the engine closed with requests in flight)
         self.client.close()
 
     # ---- rounds ---------------------------------------------------------------------------------
@@ -85,14 +115,14 @@ class SSDStrategy(Strategy):
         t0 = time.perf_counter()
         outcomes = verify_batch(self.target, seqs, cache, proposal)
         t1 = time.perf_counter()
-        keep = self.keep or [True] * len(seqs)
+        keep = self.keep or [True] * self.held
         try:
-            reply = self.client.round(keep, outcomes, t1 - t0)
+            reply = self.client.round(keep, outcomes, t1 - t0, self.joined)
         except WorkerFault as e:
             self._fail(e)
             reply = None
         t2 = time.perf_counter()
-        self.keep = None
+        self.held, self.keep, self.joined = len(seqs), None, []
         for b, s in enumerate(seqs):
             n, _ = outcomes[b]
             s.stats.verify_s += t1 - t0

@@ -6,11 +6,12 @@ import torch
 
 from saguaro.loading.bundled import bundled_gguf
 from saguaro.loading.loader import load_model
-from saguaro.engine.generate import run_batch
+from saguaro.engine.build import Parts
+from saguaro.engine.engine import Engine
 from saguaro.engine.runner import ModelRunner
-from saguaro.engine.sequence import Sequence
 from saguaro.sampling.params import SamplingParams
 from saguaro.strategies.ar import ARStrategy
+from saguaro.strategies.factory import StrategyOptions
 
 pytestmark = pytest.mark.slow
 
@@ -41,13 +42,16 @@ def hf_greedy(model, ids, steps):
     return out
 
 
-def our_greedy(runner, ids, steps):
-    """Through the engine's own generation loop and AR strategy."""
-    params = SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True)
-    seq = Sequence(ids, params, params.make_generator(), frozenset())
-    for _ in run_batch(runner, ARStrategy(runner), [seq]):
-        pass
-    return seq.output
+def our_greedy(loaded, ids, steps):
+    """Through the step-wise engine and its AR strategy."""
+    runner = ModelRunner(loaded.decoder)
+    parts = Parts(runner, ARStrategy(runner), loaded.tokenizer, loaded.config, StrategyOptions())
+    engine = Engine.from_parts(parts, max_batch=1, max_seq_len=len(ids) + steps)
+    engine.add_request(ids, SamplingParams(temperature=0, max_tokens=steps, ignore_eos=True))
+    out = []
+    while engine.has_unfinished():
+        out += [t for o in engine.step() for t in o.new_token_ids]
+    return out
 
 
 @pytest.fixture(scope="module", params=["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
@@ -71,8 +75,7 @@ def test_logits_match_hf(pair):
 
 def test_greedy_32_tokens_match_hf(pair):
     name, ours, hf = pair
-    runner = ModelRunner(ours.decoder)
     # The 1.5B's float32 step-by-step HF run costs minutes on an AVX2 CPU: one prompt there.
     for prompt in PROMPTS if name.endswith("0.5b") else PROMPTS[:1]:
         ids = ours.tokenizer.encode(prompt)
-        assert our_greedy(runner, ids, 32) == hf_greedy(hf, ids, 32), (name, prompt)
+        assert our_greedy(ours, ids, 32) == hf_greedy(hf, ids, 32), (name, prompt)

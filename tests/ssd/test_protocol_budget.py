@@ -15,10 +15,20 @@ from saguaro.strategies.factory import parse_fanout
 
 def test_outcomes_round_trip():
     buf = encode_outcomes(4, [True, False, True], [(2, 17), (0, 5)], verify_us=1234)
-    assert decode_outcomes(buf) == (CMD_ROUND, [True, False, True], [(2, 17), (0, 5)], 1234)
+    assert decode_outcomes(buf) == (CMD_ROUND, [True, False, True], [(2, 17), (0, 5)], 1234, 0)
     assert decode_outcomes(encode_end(4))[0] == CMD_END
     with pytest.raises(ValueError):
         encode_outcomes(2, [True, True], [(1, 1)], 0)
+
+
+def test_outcomes_carry_joining_rows():
+    """Rows that join a session send their outcome after the kept rows' ones."""
+    buf = encode_outcomes(4, [False, True], [(1, 9), (0, 3), (0, 4)], verify_us=7, added=2)
+    assert decode_outcomes(buf) == (CMD_ROUND, [False, True], [(1, 9), (0, 3), (0, 4)], 7, 2)
+    with pytest.raises(ValueError):  # one outcome per kept or joining row
+        encode_outcomes(4, [True], [(1, 9)], 0, added=1)
+    with pytest.raises(ValueError):  # more rows than the session's max_batch
+        encode_outcomes(2, [True, True], [(1, 9), (0, 3), (0, 4)], 0, added=1)
 
 
 def test_reply_round_trip():

@@ -1,0 +1,81 @@
+"""Loads what an engine runs: the target, the tokenizer and the decoding strategy, placed on cores.
+
+The mode is chosen once here; every engine method is the same for AR, SD and SSD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from saguaro.engine.runner import ModelRunner
+from saguaro.errors import InvalidRequestError
+from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
+from saguaro.loading.loader import load_model
+from saguaro.model.config import ModelConfig
+from saguaro.ssd.placement import parse_cores, pin_process, split_cores
+from saguaro.strategies.base import Strategy
+from saguaro.strategies.factory import NGRAM, StrategyOptions, build_strategy
+from saguaro.tokenizer import Tokenizer
+
+
+@dataclass
+class Parts:
+    target: ModelRunner
+    strategy: Strategy
+    tokenizer: Tokenizer
+    config: ModelConfig
+    options: StrategyOptions
+    quantization: object = None
+
+
+def build_parts(
+    target: str = DEFAULT_TARGET,
+    draft: str | None = None,
+    mode: str = "ar",
+    k: int | None = None,
+    dtype: str = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    target_cores=None,
+    draft_cores=None,
+    draft_device: str | None = None,
+    fanout="flat",
+    saguaro_c: float = 1.0,
+    backup: str = "auto",
+    worker_timeout: float = 30.0,
+    fault_after_rounds: int | None = None,
+    draft_head_tokens: int | None = None,
+    ssd_worker: str = "auto",
+    quantize_target: str = "auto",
+    quantize_draft: str = "auto",
+) -> Parts:
+    """`target_cores` pins the engine (the whole of it in AR and SD); `draft_cores` and
+    `draft_device` place SSD's draft worker. See StrategyOptions for the SSD knobs.
+    `quantize_target` / `quantize_draft`: auto (a GGUF at about its own precision, a float
+    checkpoint as is), none, int8 or int4 weight-only kernels on CPU (saguaro.quant)."""
+    if threads is not None:
+        if threads < 1:
+            raise InvalidRequestError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    cores = parse_cores(target_cores)
+    draft_cores = parse_cores(draft_cores)
+    if mode == "ssd" and ssd_worker != "thread" and (draft_device or device) == "cpu" and str(device) == "cpu":
+        cores, draft_cores = split_cores(cores, draft_cores)
+    options = StrategyOptions(
+        mode=mode, k=k, draft_is_ngram=draft == NGRAM,
+        draft_cores=tuple(draft_cores) if draft_cores else None, draft_device=draft_device,
+        fanout=fanout, saguaro_c=saguaro_c, backup=backup, worker_timeout=worker_timeout,
+        fault_after_rounds=fault_after_rounds, draft_head_tokens=draft_head_tokens, ssd_worker=ssd_worker,
+        draft_quantize=quantize_draft,
+    )
+    pin_process(cores)
+    if options.needs_draft_model and draft is None:
+        draft = DEFAULT_DRAFT if target == DEFAULT_TARGET else None
+        if draft is None:
+            raise InvalidRequestError(f"mode {mode!r} needs a draft model (draft=...)")
+    loaded = load_model(target, device=device, dtype=dtype, quantize=quantize_target)
+    runner = ModelRunner(loaded.decoder)
+    strategy = build_strategy(options, runner, loaded.tokenizer, draft, device, dtype)
+    return Parts(runner, strategy, loaded.tokenizer, loaded.config, options, loaded.quantization)
