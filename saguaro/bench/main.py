@@ -1,7 +1,9 @@
-"""`saguaro bench {ar,sd,ssd}`: side-by-side benchmarks in one run, printed as ratio tables.
+"""`saguaro bench {ar,sd,ssd,cpu,engine}`: side-by-side benchmarks in one run, printed as ratio tables.
 
 Every configuration runs in its own subprocess with its own core pinning; ratios are against
 baselines measured in the same run (these machines are noisy). Results go to JSON and a PNG.
+`--baseline-rev REV` also runs each Saguaro configuration with the code of another git revision
+(from a worktree under /tmp), side by side. The engine suite (concurrent load) is saguaro.bench.serving.
 """
 
 from __future__ import annotations
@@ -9,14 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from saguaro.bench import serving
 from saguaro.bench.prompts import all_prompts
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
 
 log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_config(cfg: dict) -> dict:
@@ -25,7 +31,7 @@ def run_config(cfg: dict) -> dict:
 
         return run_llamacpp(cfg)
     out = subprocess.run([sys.executable, "-m", "saguaro.bench.run_one", json.dumps(cfg)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, **revision_env(cfg))
     if out.returncode != 0:
         raise RuntimeError(f"benchmark run failed for {cfg['name']}:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -40,6 +46,41 @@ def run_config(cfg: dict) -> dict:
         summary["k"] = rows[-1].get("k")
         summary["branches"] = rows[-1].get("branches")
     return {**summary, "config": cfg, "rows": rows}
+
+
+def revision_env(cfg: dict) -> dict:
+    """subprocess.run arguments that make a configuration import another revision's code: cwd
+    and PYTHONPATH at its worktree (`pythonpath`); none for the working tree's own code."""
+    if not cfg.get("pythonpath"):
+        return {}
+    return {"cwd": cfg["pythonpath"], "env": dict(os.environ, PYTHONPATH=cfg["pythonpath"])}
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def baseline_worktree(rev: str, root: Path = REPO) -> Path:
+    """A detached git worktree of `rev` under /tmp, made once and reused (the working tree is untouched)."""
+    commit = _git(root, "rev-parse", "--verify", f"{rev}^{{commit}}")
+    path = Path(tempfile.gettempdir()) / f"saguaro-{commit[:12]}"
+    if not (path / ".git").exists():
+        _git(root, "worktree", "prune")
+        log.info("checking out %s (%s) into %s", rev, commit[:12], path)
+        _git(root, "worktree", "add", "--detach", str(path), commit)
+    elif _git(path, "rev-parse", "HEAD") != commit:
+        raise RuntimeError(f"{path} holds another commit than {rev} ({commit[:12]}); remove it")
+    return path
+
+
+def with_baseline(configs: list[dict], rev: str, path: Path) -> list[dict]:
+    """After each Saguaro configuration, the same one run by revision `rev`'s code ("<name> @<rev>")."""
+    out = []
+    for cfg in configs:
+        out.append(cfg)
+        if cfg["engine"] == "saguaro":
+            out.append(dict(cfg, name=f"{cfg['name']} @{rev}", revision=rev, pythonpath=str(path)))
+    return out
 
 
 def merge_passes(runs: list[dict]) -> dict:
@@ -98,8 +139,11 @@ def cpu_configs(args, base: dict, both: list[int], one: list[int], two: list[int
     def gguf(ref: str) -> str:
         return str(bundled_gguf(ref)) if ref in BUNDLED else ref
 
-    llama = dict(base, engine="llamacpp", model=gguf(args.target), threads=2, n_max=args.ssd_k or 3)
-    out = [dict(llama, name="llama.cpp ar", draft=None), dict(llama, name="llama.cpp spec", draft=gguf(args.draft))]
+    out = []
+    if not getattr(args, "no_llamacpp", False):
+        llama = dict(base, engine="llamacpp", model=gguf(args.target), threads=2, n_max=args.ssd_k or 3)
+        out += [dict(llama, name="llama.cpp ar", draft=None),
+                dict(llama, name="llama.cpp spec", draft=gguf(args.draft))]
     for quant in args.quantize:
         q = dict(base, engine="saguaro", quantize_target=quant)
         out.append(dict(q, name=f"saguaro ar {quant}", mode="ar", cores=both))
@@ -123,16 +167,24 @@ def cpu_flags(info: str | None = None) -> str:
     return f"{model}: {' '.join(keep)}"
 
 
-def print_table(results: list[dict], baseline: str) -> str:
+def print_table(results: list[dict], baseline: str, rev: str | None = None) -> str:
+    """tok/s and ratios against `baseline`; with `rev`, also each row against its "<name> @<rev>" copy."""
     base = {r["name"]: r for r in results}
-    lines = [f"{'configuration':34} {'tok/s':>7} {'vs ' + baseline:>14} {'accept':>7} {'hit':>6} {'K/B':>6}"]
+    width = max([34] + [len(r["name"]) for r in results])
+    vs_rev = f"vs @{rev}" if rev else ""
+    lines = [f"{'configuration':{width}} {'tok/s':>7} {'vs ' + baseline:>14} {'accept':>7} {'hit':>6} {'K/B':>6}"
+             + (f" {vs_rev:>{len(vs_rev) + 1}}" if rev else "")]
     for r in results:
         ref = base.get(r["name"].split(") ")[0] + ") " + baseline if r["name"].startswith("(") else baseline)
         ratio = r["tok_s"] / ref["tok_s"] if ref else float("nan")
         acc = f"{r['acceptance']:.2f}" if "acceptance" in r else "-"
         hit = f"{r['hit_rate']:.2f}" if "hit_rate" in r else "-"
         kb = f"{r.get('k')}/{r.get('branches')}" if "hit_rate" in r else "-"
-        lines.append(f"{r['name']:34} {r['tok_s']:7.2f} {ratio:13.2f}x {acc:>7} {hit:>6} {kb:>6}")
+        line = f"{r['name']:{width}} {r['tok_s']:7.2f} {ratio:13.2f}x {acc:>7} {hit:>6} {kb:>6}"
+        if rev:
+            old = base.get(f"{r['name']} @{rev}")
+            line += f" {r['tok_s'] / old['tok_s']:{len(vs_rev)}.2f}x" if old else f" {'-':>{len(vs_rev) + 1}}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -156,14 +208,15 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="saguaro bench", description=__doc__)
-    p.add_argument("suite", choices=["ar", "sd", "ssd", "cpu"])
+    p.add_argument("suite", choices=["ar", "sd", "ssd", "cpu", "engine"])
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--draft", default=DEFAULT_DRAFT)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--quantize", nargs="*", default=["auto"],
-                   help="cpu suite: target precisions to run (auto none int8 int4)")
-    p.add_argument("--quantize-draft", nargs="*", default=["auto"], help="cpu suite: the draft's precisions")
-    p.add_argument("--max-tokens", type=int, default=128)
+                   help="cpu suite: target precisions to run (auto none int8 int4); engine suite: the first")
+    p.add_argument("--quantize-draft", nargs="*", default=["auto"],
+                   help="cpu suite: the draft's precisions; engine suite: the first")
+    p.add_argument("--max-tokens", type=int, default=None, help="new tokens per request (128; engine suite 64)")
     p.add_argument("--kinds", nargs="*", help="prompt kinds (code instruction math editing); default all")
     p.add_argument("--ks", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7, 8], help="SD lookaheads")
     p.add_argument("--ssd-k", type=int, default=None, help="SSD lookahead (default: from the budget)")
@@ -173,13 +226,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", nargs="*", default=["a", "b"], help="ssd suite: which CPU settings to run")
     p.add_argument("--out", default="docs", help="folder for the JSON and PNG")
     p.add_argument("--repeat", type=int, default=1, help="interleaved passes over all configurations")
+    p.add_argument("--baseline-rev", default=None,
+                   help="also run each saguaro configuration with this git revision's code, side by side")
+    p.add_argument("--no-llamacpp", action="store_true", help="cpu suite: skip the llama.cpp rows (and their venv)")
+    serving.add_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.suite == "cpu":
+    if args.max_tokens is None:
+        args.max_tokens = 64 if args.suite == "engine" else 128
+    if args.suite == "engine":
+        return serving.run_suite(args)
+    if args.suite == "cpu" and not args.no_llamacpp:
         from saguaro.bench.llamacpp import ensure_env
 
         ensure_env()
     configs = suite_configs(args.suite, args)
+    if args.baseline_rev:
+        configs = with_baseline(configs, args.baseline_rev, baseline_worktree(args.baseline_rev))
     passes = []
     for rep in range(args.repeat):  # interleaved passes, so slow drifts of the machine hit every config
         passes.append([])
@@ -189,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("  %.2f tok/s", passes[-1][-1]["tok_s"])
     results = [merge_passes([p[i] for p in passes]) for i in range(len(configs))]
     baseline = {"ar": "hf ar", "sd": "saguaro ar", "ssd": "saguaro ar", "cpu": "llama.cpp ar"}[args.suite]
-    table = print_table(results, baseline)
+    if not any(r["name"] == baseline for r in results):  # e.g. --no-llamacpp
+        baseline = results[0]["name"]
+    table = print_table(results, baseline, args.baseline_rev)
     extra = ""
     if args.suite == "ar":
         extra = roofline_note(args, results)
