@@ -188,7 +188,8 @@ def print_table(results: list[dict], baseline: str, rev: str | None = None) -> s
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path, title: str) -> None:
+def pyplot():
+    """matplotlib's pyplot on a file backend, or None (with a warning) when it is not installed."""
     try:
         import matplotlib
 
@@ -196,6 +197,13 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         log.warning("matplotlib is not installed; no plot written")
+        return None
+    return plt
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1.5))
     names = [r["name"] for r in results][::-1]

@@ -337,13 +337,10 @@ def bar_note(results: list[dict]) -> str:
 
 
 def plot_levels(results: list[dict], path: Path, title: str) -> None:
-    try:
-        import matplotlib
+    from saguaro.bench.main import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed; no plot written")
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in results:

@@ -1,5 +1,8 @@
 """Greedy SD and SSD on the bundled pair equal greedy AR, in float32: 2 prompts x 64 tokens.
 
+Through the step-wise engine, with company: the second prompt joins the running first one
+mid-flight, and a third request runs beside them and is aborted, in AR, SD and SSD alike.
+
 Kept small (each float32 1.5B run costs minutes on an AVX2 machine); lookaheads, batching and
 sampling are covered on tiny models, and quantized targets in test_quant_exactness.py.
 
@@ -24,10 +27,34 @@ PROMPTS = [
 TOKENS = 64
 GREEDY = SamplingParams(temperature=0, max_tokens=TOKENS, ignore_eos=True)
 NEAR_TIE = 1e-3
+NEIGHBOUR = "Say hello."
 
 
 def chat_ids(llm, text):
     return llm.chat_prompt([{"role": "user", "content": text}])
+
+
+def staggered(llm, prompts, metrics: dict | None = None) -> list[list[int]]:
+    """prompts[0] and a neighbour start together, prompts[1] joins at round 3, and the neighbour
+    is aborted at round 6; returns the two prompts' tokens (their figures go to `metrics`)."""
+    engine = llm.engine
+    engine.reserve(3, max(map(len, prompts)) + TOKENS)
+    tokens = {"a": [], "b": [], "n": []}
+    engine.add_request(prompts[0], GREEDY, request_id="a")
+    engine.add_request(chat_ids(llm, NEIGHBOUR), GREEDY, request_id="n")
+    step = 0
+    while engine.has_unfinished():
+        if step == 3:
+            engine.add_request(prompts[1], GREEDY, request_id="b")
+        if step == 6:
+            assert engine.abort("n")
+        for out in engine.step():
+            tokens[out.request_id] += out.new_token_ids
+            if out.finished and metrics is not None:
+                metrics[out.request_id] = out.metrics.to_dict()
+        step += 1
+    assert 0 < len(tokens["n"]) < TOKENS
+    return [tokens["a"], tokens["b"]]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +62,10 @@ def reference():
     llm = LLM(dtype="float32")
     prompts = [chat_ids(llm, p) for p in PROMPTS]
     outputs = [r.token_ids for r in llm.generate(prompts, GREEDY)]
+    joined = staggered(llm, prompts)
     del llm
     gc.collect()
-    return prompts, outputs
+    return prompts, outputs, joined
 
 
 def top2_margin(prompt, prefix):
@@ -58,20 +86,26 @@ def assert_same_or_near_tie(prompts, expected, got, label):
         assert margin < NEAR_TIE, f"{label}: output differs from AR at token {i} with margin {margin}"
 
 
+def test_ar_with_joins_and_aborts_equals_ar(reference):
+    prompts, expected, joined = reference
+    assert_same_or_near_tie(prompts, expected, joined, "ar, staggered")
+
+
 def test_sd_greedy_equals_ar(reference):
-    prompts, expected = reference
+    prompts, expected, _ = reference
     k = 4
     llm = LLM(mode="sd", k=k, dtype="float32")
-    got = [r.token_ids for r in llm.generate(prompts, GREEDY)]
-    assert_same_or_near_tie(prompts, expected, got, f"sd k={k}")
+    assert_same_or_near_tie(prompts, expected, staggered(llm, prompts), f"sd k={k}, staggered")
     del llm
     gc.collect()
 
 
 def test_ssd_greedy_equals_ar(reference):
-    prompts, expected = reference
+    prompts, expected, _ = reference
+    metrics = {}
     with LLM(mode="ssd", dtype="float32", k=3, fanout=2) as llm:
-        results = llm.generate(prompts, GREEDY)
-    assert_same_or_near_tie(prompts, expected, [r.token_ids for r in results], "ssd")
-    assert all(r.metrics.extra["hit_rate"] > 0 for r in results)
-    assert "worker_fault" not in results[0].metrics.extra
+        got = staggered(llm, prompts, metrics)
+        assert llm.strategy.fault is None  # no silent fallback to AR
+    assert_same_or_near_tie(prompts, expected, got, "ssd, staggered")
+    assert metrics["a"]["hit_rate"] > 0 and metrics["b"]["hit_rate"] > 0  # the worker drafted for the joiner
+    assert not any("worker_fault" in m for m in metrics.values())
