@@ -1,7 +1,7 @@
 """Per-layer key/value storage for a batch of sequences, allocated once and reused as a pool.
 
 The tensors hold `max_rows` rows of `capacity` slots. The active sequences are rows
-0..batch-1, in batch order: a sequence joins as the next row (`add_row`) and finished ones
+0..batch-1, in batch order: sequences join as the next rows (`add_rows`) and finished ones
 leave by compaction (`keep_rows`), so a forward always reads the leading rows and nothing is
 reallocated while an engine runs. Slots are written explicitly, so several tokens can be
 appended at once, a sequence can be truncated (rollback of rejected tokens), and scratch tokens
@@ -60,12 +60,12 @@ class KVCache:
 
     # ---- the pool -------------------------------------------------------------------------------
 
-    def add_row(self) -> int:
-        """A new empty sequence as the next row; returns its index."""
-        if self.batch >= self.max_rows:
-            raise RuntimeError(f"KV pool full: all {self.max_rows} rows are in use")
-        self.lengths.append(0)
-        return self.batch - 1
+    def add_rows(self, n: int) -> "KVCache":
+        """`n` new empty sequences as the next rows; returns their window (to prefill them)."""
+        if self.batch + n > self.max_rows:
+            raise RuntimeError(f"KV pool full: {self.batch} of {self.max_rows} rows in use, {n} more asked")
+        self.lengths += [0] * n
+        return self.window(self.batch - n, self.batch)
 
     def keep_rows(self, rows: list[int]) -> None:
         """Keep the sequences `rows` (increasing), which become rows 0..len(rows)-1.
@@ -119,9 +119,6 @@ class _LengthWindow:
 
     def __iter__(self):
         return iter(self._parent[self._start : self._start + self._len])
-
-    def append(self, _value) -> None:
-        raise RuntimeError("a window of a KV pool cannot grow")
 
     def __eq__(self, other) -> bool:
         return list(self) == list(other)

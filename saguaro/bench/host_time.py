@@ -15,6 +15,7 @@ import sys
 
 log = logging.getLogger(__name__)
 CASES = [("ar", 1), ("ar", 8), ("sd", 1), ("sd", 8), ("ssd", 1), ("ssd", 8)]
+OPTIONS = {"ar": {}, "sd": dict(k=3), "ssd": dict(k=3, fanout=1, backup="ngram", ssd_worker="thread")}
 
 
 def measure(mode: str, batch: int, tokens: int) -> float:
@@ -27,10 +28,7 @@ def measure(mode: str, batch: int, tokens: int) -> float:
 
     torch.set_num_threads(1)
     draft = None if mode == "ar" else "random:tiny:7"
-    options = dict(k=3, fanout=1, backup="ngram", ssd_worker="thread") if mode == "ssd" else {}
-    if mode == "sd":
-        options = dict(k=3)
-    with LLM("random:tiny", draft=draft, mode=mode, dtype="float32", **options) as llm:
+    with LLM("random:tiny", draft=draft, mode=mode, dtype="float32", **OPTIONS[mode]) as llm:
         params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
         prompts = [[1 + i, 2, 3, 4] for i in range(batch)]
         llm.generate(prompts, params)  # warm-up (and the SSD plan)

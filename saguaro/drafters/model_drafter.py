@@ -47,10 +47,7 @@ class ModelDrafter(Drafter):
         self.cache = self.runner.new_cache(0, capacity, max_rows)
 
     def join(self, seqs: list[Sequence]) -> None:
-        first = self.cache.batch
-        for _ in seqs:
-            self.cache.add_row()
-        self.runner.prefill(self.cache.window(first, self.cache.batch), [s.trunk[:-1] for s in seqs])
+        self.runner.prefill(self.cache.add_rows(len(seqs)), [s.trunk[:-1] for s in seqs])
 
     def keep_rows(self, rows: list[int]) -> None:
         self.cache.keep_rows(rows)

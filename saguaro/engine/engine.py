@@ -74,7 +74,6 @@ class Engine:
         for name, value in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk), ("max_seq_len", max_seq_len)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InvalidRequestError(f"{name} must be an integer >= 1, got {value!r}")
-        self.parts = parts
         self.target, self.strategy, self.tokenizer = parts.target, parts.strategy, parts.tokenizer
         self.config, self.options, self.quantization = parts.config, parts.options, parts.quantization
         self.mode = parts.options.mode
@@ -215,7 +214,7 @@ class Engine:
     def _admit(self) -> None:
         while self.waiting and self.cache.batch < self.max_batch:
             seq = self.waiting.popleft()
-            self.cache.add_row()
+            self.cache.add_rows(1)
             seq.timing["admitted"] = time.perf_counter()
             self.prefilling.append(seq)
 

@@ -12,6 +12,14 @@ import torch
 from saguaro.sampling.params import SamplingParams
 
 
+def group_rows(keys) -> dict:
+    """Row indices by key, in order: rows that can go through one batched call together."""
+    groups: dict = {}
+    for b, key in enumerate(keys):
+        groups.setdefault(key, []).append(b)
+    return groups
+
+
 @dataclass(eq=False)  # compared by identity: the engine finds a request in its queues
 class Sequence:
     prompt: list[int]

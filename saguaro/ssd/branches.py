@@ -12,6 +12,7 @@ import torch
 
 from saguaro.drafters.model_drafter import align_vocab, sample_rows
 from saguaro.engine.runner import ModelRunner
+from saguaro.engine.sequence import group_rows
 from saguaro.sampling.params import SamplingParams
 from saguaro.sampling.probs import apply_saguaro, probs_for_params, sample
 from saguaro.ssd.masks import branch_mask, branch_positions, branch_slots
@@ -54,11 +55,8 @@ class BranchDrafter:
         """Sequences join after the current rows, their trunks prefilled minus the last token, or
         `whole` when the token after the trunk is known already (the first outcome of a row that
         joins a running session), so that the cache again lacks just the trunk's last token."""
-        first = self.cache.batch
-        for s in seqs:
-            self.cache.add_row()
-            self.seqs.append(s)
-        self.runner.prefill(self.cache.window(first, self.cache.batch), [s.trunk if whole else s.trunk[:-1] for s in seqs])
+        self.seqs += seqs
+        self.runner.prefill(self.cache.add_rows(len(seqs)), [s.trunk if whole else s.trunk[:-1] for s in seqs])
 
     def keep_rows(self, rows: list[int]) -> None:
         for b in set(range(len(self.seqs))) - set(rows):
@@ -116,10 +114,8 @@ class BranchDrafter:
         t0 = time.perf_counter()
         q_glue = self.glue()
         t1 = time.perf_counter()
-        by_length: dict[int, list[int]] = {}
-        for b, s in enumerate(self.seqs):
-            by_length.setdefault(len(s.speculation), []).append(b)
-        for kb, rows in by_length.items():  # one batched prediction (one host sync) per length
+        # One batched prediction (one host sync) per speculation length.
+        for kb, rows in group_rows(len(s.speculation) for s in self.seqs).items():
             fan = fanout[:kb] + [fanout[-1]]  # F_0..F_{kb-1}, then the bonus fan-out F_K
             spec = torch.tensor([self.seqs[b].speculation for b in rows], dtype=torch.long).view(len(rows), kb)
             index = torch.tensor(rows, device=q_glue.device)

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from saguaro.engine.sequence import Sequence
+from saguaro.engine.sequence import Sequence, group_rows
 from saguaro.kv_cache import KVCache
 from saguaro.sampling.probs import probs_for_params, sample
 
@@ -47,11 +47,9 @@ def choose_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
 
     Rows sharing settings are sampled together; one host sync for the whole batch."""
     tokens = logits.argmax(dim=-1)  # [B]; greedy rows keep these
-    groups: dict[object, list[int]] = {}
-    for b, s in enumerate(seqs):
-        if not s.params.greedy:
-            groups.setdefault(s.params, []).append(b)
-    for params, rows in groups.items():
+    for params, rows in group_rows(None if s.params.greedy else s.params for s in seqs).items():
+        if params is None:
+            continue
         index = torch.tensor(rows, device=logits.device)
         probs = probs_for_params(logits[index], params)  # [G, vocab]
         tokens[index] = sample(probs, [seqs[b].generator for b in rows])

@@ -11,7 +11,7 @@ import torch
 
 from saguaro.drafters.base import DraftProposal, Drafter
 from saguaro.engine.runner import ModelRunner
-from saguaro.engine.sequence import Sequence
+from saguaro.engine.sequence import Sequence, group_rows
 from saguaro.kv_cache import KVCache
 from saguaro.metrics import SpeculationStats
 from saguaro.sampling.probs import probs_for_params
@@ -33,7 +33,9 @@ def verify_rows(logits: torch.Tensor, seqs: list[Sequence], proposal: DraftPropo
     spec = torch.tensor([t + [0] * (width - len(t)) for t in proposal.tokens], dtype=torch.long, device=device)
     accepted = torch.zeros(len(seqs), dtype=torch.long, device=device)
     token = torch.zeros(len(seqs), dtype=torch.long, device=device)
-    for (params, k), rows in _groups(seqs, lengths).items():
+    # Greedy rows all together; sampled rows by settings and speculation length.
+    keys = [(None, 0) if s.params.greedy else (s.params, n) for s, n in zip(seqs, lengths)]
+    for (params, k), rows in group_rows(keys).items():
         index = torch.tensor(rows, device=device)
         if params is None:  # greedy
             spec_len = torch.tensor([lengths[b] for b in rows], device=device)
@@ -44,14 +46,6 @@ def verify_rows(logits: torch.Tensor, seqs: list[Sequence], proposal: DraftPropo
             v = verify_sampled(p, q, spec[index, :k], [seqs[b].generator for b in rows])
         accepted[index], token[index] = v.accepted, v.token
     return list(zip(accepted.tolist(), token.tolist()))
-
-
-def _groups(seqs: list[Sequence], lengths: list[int]) -> dict[tuple, list[int]]:
-    groups: dict[tuple, list[int]] = {}
-    for b, s in enumerate(seqs):
-        key = (None, 0) if s.params.greedy else (s.params, lengths[b])
-        groups.setdefault(key, []).append(b)
-    return groups
 
 
 def _q_row(proposal: DraftProposal, b: int, spec: torch.Tensor, vocab: int) -> torch.Tensor:
