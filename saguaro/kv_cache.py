@@ -27,6 +27,7 @@ class KVCache:
         self.capacity = capacity
         self.max_rows = max_rows
         self.lengths = [0] * batch  # committed tokens per active sequence
+        self._root, self._start = self, 0  # a window's pool and first row (see `window`)
 
     @property
     def batch(self) -> int:
@@ -94,7 +95,31 @@ class KVCache:
         part.capacity = self.capacity
         part.max_rows = stop - start
         part.lengths = _LengthWindow(self.lengths, start, stop)
+        part._root, part._start = self._root, self._start + start
         return part
+
+    def padded(self, rows: int, width: int) -> tuple["KVCache", list[int]] | None:
+        """These sequences plus the pool rows after them, `rows` in all, to run a padded batch
+        (a static shape) that appends `width` tokens per row; None if the pool cannot.
+
+        Returns that wider view and the lengths of the extra rows. A padding row writes its
+        `width` slots right after its row's length, where anything is overwritten later, so
+        whatever sequence owns that row (one still prefilling, or none) is left intact.
+        """
+        root, start, extra = self._root, self._start, rows - self.batch
+        if extra < 0 or start + rows > root.max_rows:
+            return None
+        spare = [root.lengths[r] if r < root.batch else 0
+                 for r in range(start + self.batch, start + rows)]
+        if any(n + width > self.capacity for n in spare):
+            return None
+        part = object.__new__(KVCache)
+        part.k = [t[start : start + rows] for t in root.k]
+        part.v = [t[start : start + rows] for t in root.v]
+        part.capacity, part.max_rows = self.capacity, rows
+        part.lengths = list(self.lengths) + spare  # a copy: advancing is the caller's business
+        part._root, part._start = root, start
+        return part, spare
 
 
 class _LengthWindow:

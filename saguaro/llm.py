@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence as Seq
 
 from saguaro.engine.engine import Engine, Prompt
+from saguaro.engine.logprobs import TokenLogprob
 from saguaro.errors import InvalidRequestError
 from saguaro.loading.bundled import DEFAULT_TARGET
 from saguaro.metrics import GenerationMetrics
@@ -23,6 +24,7 @@ class GenerationResult:
     finish_reason: str
     prompt_token_ids: list[int]
     metrics: GenerationMetrics
+    logprobs: list[TokenLogprob] | None = None  # per generated token, when params.logprobs is set
 
     def to_dict(self) -> dict:
         return {
@@ -63,14 +65,17 @@ class LLM:
         prompt_ids = self._submit(prompts, params)
         tokens = {rid: [] for rid in prompt_ids}
         texts = {rid: [] for rid in prompt_ids}
+        logprobs = {rid: None for rid in prompt_ids}
         results = {}
         for out in self._run(list(prompt_ids)):
             rid = out.request_id
             tokens[rid] += out.new_token_ids
             texts[rid].append(out.text)
+            if out.logprobs is not None:
+                logprobs[rid] = (logprobs[rid] or []) + out.logprobs
             if out.finished:
                 results[rid] = GenerationResult("".join(texts[rid]), tokens[rid], out.finish_reason,
-                                                prompt_ids[rid], out.metrics)
+                                                prompt_ids[rid], out.metrics, logprobs[rid])
         return [results[rid] for rid in prompt_ids]
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:

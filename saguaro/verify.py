@@ -53,7 +53,9 @@ def _check(p: torch.Tensor, speculation: torch.Tensor, spec_len: torch.Tensor | 
         raise ValueError(f"p {tuple(p.shape)} does not match speculation {tuple(speculation.shape)}: need [batch, K + 1, vocab]")
     if spec_len is None:
         spec_len = torch.full((batch,), k, dtype=torch.long, device=speculation.device)  # [batch]
-    elif spec_len.shape != (batch,) or bool(((spec_len < 0) | (spec_len > k)).any()):
+    elif spec_len.shape != (batch,) or (
+        spec_len.device.type == "cpu" and bool(((spec_len < 0) | (spec_len > k)).any())  # no sync elsewhere
+    ):
         raise ValueError(f"spec_len must be [batch] with values in 0..{k}, got {spec_len.tolist()}")
     positions = torch.arange(k, device=speculation.device)  # [K]
     return spec_len.long(), positions.unsqueeze(0) < spec_len.unsqueeze(1)  # [batch], [batch, K]
@@ -81,8 +83,10 @@ def verify_sampled(
     p: torch.Tensor,
     q: torch.Tensor,
     speculation: torch.Tensor,
-    generators: list[torch.Generator],
+    generators: list[torch.Generator] | None = None,
     spec_len: torch.Tensor | None = None,
+    *,
+    uniforms: torch.Tensor | None = None,
 ) -> Verification:
     """Exact speculative sampling: the committed tokens are distributed as AR sampling from p.
 
@@ -92,19 +96,25 @@ def verify_sampled(
     Accept s_i with probability min(1, p_{i-1}(s_i) / q_{i-1}(s_i)); recovery token from
     norm(max(0, p_n - q_n)) (p_n if that residual is all zero); bonus token from p_{spec_len}.
     Sequence b draws K + 1 uniforms from generators[b] whatever happens, so its random stream
-    does not depend on its outcome or on other sequences.
+    does not depend on its outcome or on other sequences. Or the caller passes them, `uniforms`
+    [batch, K + 1] float64: row b's first spec_len[b] decide acceptance and the next one the
+    token (so that a row draws exactly spec_len[b] + 1, see RowSampling.uniforms).
     """
     spec_len, valid = _check(p, speculation, spec_len)
     batch, k = speculation.shape
     vocab = p.shape[-1]
     if q.shape != (batch, k, vocab):
         raise ValueError(f"q must be [batch, K, vocab] = {(batch, k, vocab)}, got {tuple(q.shape)}")
-    if len(generators) != batch:
-        raise ValueError(f"need one generator per sequence: {batch} sequences, {len(generators)} generators")
+    if uniforms is None:
+        if generators is None or len(generators) != batch:
+            raise ValueError(f"need one generator per sequence: {batch} sequences, "
+                             f"{0 if generators is None else len(generators)} generators")
+        uniforms = draw_uniforms(generators, k + 1, p.device)  # [batch, K + 1]
+    elif uniforms.shape != (batch, k + 1):
+        raise ValueError(f"uniforms must be [batch, K + 1] = {(batch, k + 1)}, got {tuple(uniforms.shape)}")
     p = p.float()
     q = q.float()
-
-    u = draw_uniforms(generators, k + 1, p.device)  # [batch, K + 1]
+    u = uniforms
     # Padding past spec_len may hold any id; clamp so gather stays in range, `valid` drops it.
     spec = speculation.clamp(0, vocab - 1).unsqueeze(-1)  # [batch, K, 1]
     p_s = p[:, :k].gather(-1, spec).squeeze(-1).double()  # [batch, K]
@@ -123,5 +133,5 @@ def verify_sampled(
         dist = torch.where(recovering & ~empty, residual, p_n)  # [batch, vocab]
     else:
         dist = p_n
-    token = inverse_cdf(dist, u[:, k])  # [batch]
+    token = inverse_cdf(dist, u.gather(1, spec_len.unsqueeze(1)).squeeze(1))  # [batch]
     return Verification(accepted=n, token=token, speculation=speculation)

@@ -11,7 +11,7 @@ from saguaro.drafters.base import DraftProposal, Drafter
 from saguaro.engine.runner import ModelRunner
 from saguaro.engine.sequence import Sequence
 from saguaro.kv_cache import KVCache
-from saguaro.sampling.probs import probs_for_params, sample
+from saguaro.sampling.rows import RowSampling
 
 
 def align_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -23,18 +23,6 @@ def align_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
         return logits[..., :vocab]
     pad = logits.new_full((*logits.shape[:-1], vocab - have), float("-inf"))
     return torch.cat([logits, pad], dim=-1)
-
-
-def draft_distributions(logits: torch.Tensor, seqs: list[Sequence], vocab: int) -> torch.Tensor:
-    """[B, draft_vocab] logits -> [B, vocab] q with each sequence's own sampling settings."""
-    logits = align_vocab(logits, vocab)
-    return torch.cat([probs_for_params(logits[b : b + 1], s.params) for b, s in enumerate(seqs)])
-
-
-def sample_rows(q: torch.Tensor, seqs: list[Sequence]) -> list[int]:
-    if all(s.params.greedy for s in seqs):
-        return q.argmax(dim=-1).tolist()
-    return [int(sample(q[b : b + 1], [s.generator])[0]) for b, s in enumerate(seqs)]
 
 
 class ModelDrafter(Drafter):
@@ -54,18 +42,20 @@ class ModelDrafter(Drafter):
 
     def propose(self, seqs: list[Sequence], k: int) -> DraftProposal:
         cache = self.cache
+        rows = RowSampling.of(seqs, self.runner.device)
         # Feed what the cache lacks of each trunk (at least the last token).
         logits = self.runner.feed(cache, [s.trunk[cache.lengths[b] :] for b, s in enumerate(seqs)])
-        tokens: list[list[int]] = [[] for _ in seqs]
-        qs = []
+        picks, qs = [], []
         for i in range(k):
-            q = draft_distributions(logits, seqs, self.vocab)  # [B, vocab]
+            q = rows.probs(align_vocab(logits, self.vocab))  # [B, vocab]
+            picks.append(rows.sample(q))  # [B], stays on the device
             qs.append(q)
-            for b, t in enumerate(sample_rows(q, seqs)):
-                tokens[b].append(t)
             if i + 1 < k:
-                logits = self.runner.feed(cache, [[row[-1]] for row in tokens])
-        return DraftProposal(tokens=tokens, q=torch.stack(qs, dim=1))  # q [B, K, vocab]
+                logits = self.runner.feed_tokens(cache, picks[-1].unsqueeze(1))
+        if not picks:
+            return DraftProposal(tokens=[[] for _ in seqs], q=None)
+        # The tokens stay on the device: verification reads them back with its outcomes.
+        return DraftProposal(tokens=None, q=torch.stack(qs, dim=1), spec=torch.stack(picks, dim=1))  # q [B, K, vocab]
 
     def commit(self, kept: list[int]) -> None:
         # Cached speculation tokens past the accepted ones are no longer the trunk.

@@ -50,11 +50,18 @@ def build_parts(
     ssd_worker: str = "auto",
     quantize_target: str = "auto",
     quantize_draft: str = "auto",
+    static_shapes: bool | None = None,
 ) -> Parts:
     """`target_cores` pins the engine (the whole of it in AR and SD); `draft_cores` and
     `draft_device` place SSD's draft worker. See StrategyOptions for the SSD knobs.
     `quantize_target` / `quantize_draft`: auto (a GGUF at about its own precision, a float
-    checkpoint as is), none, int8 or int4 weight-only kernels on CPU (saguaro.quant)."""
+    checkpoint as is), none, int8 or int4 weight-only kernels on CPU (saguaro.quant).
+    `static_shapes`: capture-ready forwards (bucketed batch and width, attention over the whole
+    capacity; saguaro.engine.runner). Default: on CUDA only; on CPU they measured slower."""
+    if static_shapes is None:
+        static_shapes = str(device).startswith("cuda")
+    elif not isinstance(static_shapes, bool):
+        raise InvalidRequestError(f"static_shapes must be true, false or None (auto), got {static_shapes!r}")
     if threads is not None:
         if threads < 1:
             raise InvalidRequestError(f"threads must be >= 1, got {threads}")
@@ -68,7 +75,7 @@ def build_parts(
         draft_cores=tuple(draft_cores) if draft_cores else None, draft_device=draft_device,
         fanout=fanout, saguaro_c=saguaro_c, backup=backup, worker_timeout=worker_timeout,
         fault_after_rounds=fault_after_rounds, draft_head_tokens=draft_head_tokens, ssd_worker=ssd_worker,
-        draft_quantize=quantize_draft,
+        draft_quantize=quantize_draft, static_shapes=static_shapes,
     )
     pin_process(cores)
     if options.needs_draft_model and draft is None:
@@ -76,6 +83,6 @@ def build_parts(
         if draft is None:
             raise InvalidRequestError(f"mode {mode!r} needs a draft model (draft=...)")
     loaded = load_model(target, device=device, dtype=dtype, quantize=quantize_target)
-    runner = ModelRunner(loaded.decoder)
+    runner = ModelRunner(loaded.decoder, static_shapes=static_shapes)
     strategy = build_strategy(options, runner, loaded.tokenizer, draft, device, dtype)
     return Parts(runner, strategy, loaded.tokenizer, loaded.config, options, loaded.quantization)

@@ -16,7 +16,10 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
+import torch
+
 from saguaro.engine.build import Parts, build_parts
+from saguaro.engine.logprobs import TokenLogprob, round_logprobs
 from saguaro.engine.sequence import Sequence
 from saguaro.errors import InvalidRequestError
 from saguaro.loading.bundled import DEFAULT_TARGET
@@ -39,6 +42,7 @@ class RequestOutput:
     finished: bool
     finish_reason: str | None  # "eos", "length" or "stop" once finished
     metrics: GenerationMetrics | None = None  # once finished
+    logprobs: list[TokenLogprob] | None = None  # per new token, when the request asked (params.logprobs)
 
 
 class _TextState:
@@ -197,16 +201,17 @@ class Engine:
             return []
         n = len(self.running)
         proposals = self.strategy.step(self.running, self.cache.window(0, n))
+        taken = [seq.commit(p) for seq, p in zip(self.running, proposals)]
+        logprobs = self._logprobs(taken)
         outputs, keep = [], []
         for j, seq in enumerate(self.running):
-            taken = seq.commit(proposals[j])
             if seq.finished:
                 seq.timing["decode_s"] = time.perf_counter() - seq.timing["joined"]
                 self.strategy.finish(seq)
             else:
                 keep.append(j)
-            if taken or seq.finished:
-                outputs.append(self._output(seq, taken))
+            if taken[j] or seq.finished:
+                outputs.append(self._output(seq, taken[j], logprobs.get(j)))
         if len(keep) < n:
             self._drop_running(keep)
         return outputs
@@ -256,7 +261,16 @@ class Engine:
 
     # ---- outputs --------------------------------------------------------------------------------
 
-    def _output(self, seq: Sequence, taken: list[int]) -> RequestOutput:
+    def _logprobs(self, taken: list[list[int]]) -> dict[int, list[TokenLogprob]]:
+        """Running row -> its new tokens' logprobs, for the rows that asked (one host copy)."""
+        rows = [j for j, s in enumerate(self.running) if s.params.logprobs is not None]
+        if not rows:
+            return {}
+        logits = self.strategy.round_logits[torch.tensor(rows, device=self.strategy.round_logits.device)]
+        found = round_logprobs(logits, [taken[j] for j in rows], [self.running[j].params.logprobs for j in rows])
+        return dict(zip(rows, found))
+
+    def _output(self, seq: Sequence, taken: list[int], logprobs: list[TokenLogprob] | None = None) -> RequestOutput:
         state = self._texts[seq.request_id]
         state.text += "".join(state.decoder.push(t) for t in taken)
         if seq.finished:
@@ -273,7 +287,7 @@ class Engine:
         if seq.finished:
             self._texts.pop(seq.request_id)
             metrics = self.metrics(seq)
-        return RequestOutput(seq.request_id, list(taken), piece, seq.finished, seq.finish_reason, metrics)
+        return RequestOutput(seq.request_id, list(taken), piece, seq.finished, seq.finish_reason, metrics, logprobs)
 
     def metrics(self, seq: Sequence) -> GenerationMetrics:
         return GenerationMetrics(

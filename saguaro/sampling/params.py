@@ -13,6 +13,7 @@ import torch
 
 from saguaro.errors import InvalidRequestError
 
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
 
 def _is_int(value: object) -> bool:
     # bool is an int subclass, but `top_k=True` is a user mistake, not a number.
@@ -24,7 +25,10 @@ class SamplingParams:
     """How to turn target logits into tokens, and when to stop.
 
     temperature 0 means greedy; top_k 0 or -1 disables top-k; top_p 1 disables top-p.
-    `stop` accepts a str or any iterable of str and is stored as a tuple.
+    `stop` accepts a str or any iterable of str and is stored as a tuple. `logprobs`: None for
+    none, else each new token's log-probability under the target plus the `logprobs` most likely
+    alternatives (0..MAX_LOGPROBS), from the target's raw distribution (before temperature,
+    top-k and top-p), as vLLM reports them by default.
     """
 
     temperature: float = 1.0
@@ -34,6 +38,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     ignore_eos: bool = False
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         stop = self.stop
@@ -63,6 +68,8 @@ class SamplingParams:
             raise InvalidRequestError(f"seed must be an integer or None, got {self.seed!r}")
         if not isinstance(self.ignore_eos, bool):
             raise InvalidRequestError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
+        if self.logprobs is not None and not (_is_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise InvalidRequestError(f"logprobs must be None or an integer in 0..{MAX_LOGPROBS}, got {self.logprobs!r}")
 
     @property
     def greedy(self) -> bool:

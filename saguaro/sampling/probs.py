@@ -9,6 +9,7 @@ import torch
 
 from saguaro.errors import InvalidRequestError
 from saguaro.sampling.params import SamplingParams
+from saguaro.sampling.rows import RowSampling, inverse_cdf  # noqa: F401  (inverse_cdf re-exported)
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -16,32 +17,11 @@ def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, to
 
     temperature 0 gives a one-hot at the argmax (first index on ties). top_k 0 or -1 disables top-k;
     boundary ties keep exactly k tokens. top-p keeps the smallest most-likely prefix whose
-    cumulative probability reaches top_p, always at least one token.
+    cumulative probability reaches top_p, always at least one token. One setting for every row:
+    the batched form with settings per row is RowSampling.probs.
     """
-    logits = logits.float()  # [..., vocab]
-    vocab = logits.shape[-1]
-    if temperature == 0:
-        probs = torch.zeros_like(logits)  # [..., vocab]
-        return probs.scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-
-    logits = logits / temperature
-    if 0 < top_k < vocab:
-        # Mask by index rather than by threshold value so ties at the k-th value cannot keep more than k.
-        keep_idx = logits.topk(top_k, dim=-1).indices  # [..., top_k]
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, keep_idx, True)
-        logits = logits.masked_fill(~keep, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # [..., vocab]
-
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # [..., vocab]
-        # Mass strictly before each token: a token is kept while that mass is still below top_p,
-        # which keeps the first token unconditionally and stops right after reaching top_p.
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        keep_sorted = before < top_p
-        keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
-        probs = probs.masked_fill(~keep, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    return RowSampling([params], [None], logits.device).probs(logits.unsqueeze(0))[0]
 
 
 def probs_for_params(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -59,20 +39,6 @@ def draw_uniforms(generators: list[torch.Generator], count: int, device: torch.d
     if not rows:
         return torch.empty(0, count, dtype=torch.float64, device=device)
     return torch.stack(rows)  # [batch, count]
-
-
-def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Token per row such that P(token) = probs[row, token] / row sum, given uniforms u `[batch]`.
-
-    Never returns a zero-probability token: rows need not be normalised, only non-negative with positive sum.
-    """
-    cdf = probs.double().cumsum(dim=-1)  # [batch, vocab]
-    target = (u * cdf[:, -1]).unsqueeze(-1)  # [batch, 1]
-    idx = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [batch]
-    # Rounding can put target at the very top of the CDF; fall back to the last token with mass.
-    vocab = probs.shape[-1]
-    last_positive = (vocab - 1) - (probs > 0).flip(-1).int().argmax(dim=-1)  # [batch]
-    return torch.minimum(idx, last_positive)
 
 
 def sample(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:

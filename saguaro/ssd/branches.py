@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass, field
 import torch
 
-from saguaro.drafters.model_drafter import align_vocab, sample_rows
+from saguaro.drafters.model_drafter import align_vocab
 from saguaro.engine.runner import ModelRunner
 from saguaro.engine.sequence import group_rows
 from saguaro.sampling.params import SamplingParams
-from saguaro.sampling.probs import apply_saguaro, probs_for_params, sample
+from saguaro.sampling.probs import apply_saguaro
+from saguaro.sampling.rows import RowSampling, inverse_cdf
 from saguaro.ssd.masks import branch_mask, branch_positions, branch_slots
 from saguaro.ssd.outcomes import predict_outcomes_batch
 from saguaro.ssd.spec_cache import CacheEntry, SpeculationCache
@@ -66,33 +67,42 @@ class BranchDrafter:
 
     # ---- distributions ------------------------------------------------------------------------
 
-    def _q(self, logits: torch.Tensor, s: DraftSequence, fan: int) -> torch.Tensor:
-        """[..., draft_vocab] logits -> the q actually sampled from (Saguaro-scaled when c < 1)."""
-        q = probs_for_params(align_vocab(logits, self.vocab), s.params)
-        return q if s.params.greedy else apply_saguaro(q, fan, self.c)
+    def _q(self, logits: torch.Tensor, rows: RowSampling, fan: int) -> torch.Tensor:
+        """[R, ..., draft_vocab] logits -> the q each row actually samples from: its own
+        settings, Saguaro-scaled when c < 1 (greedy rows stay one-hot)."""
+        q = rows.probs(align_vocab(logits, self.vocab))
+        if self.c == 1 or rows.all_greedy:
+            return q
+        scaled = apply_saguaro(q, fan, self.c)
+        if not rows.any_greedy:
+            return scaled
+        return torch.where(rows.greedy.view((-1,) + (1,) * (q.dim() - 1)), q, scaled)
 
     # ---- drafting -------------------------------------------------------------------------------
 
     def jit(self, rows: list[int], k: int, fanout: list[int]) -> dict[int, CacheEntry]:
-        """Neural backup: draft k tokens from each listed row's trunk, one forward per token."""
+        """Neural backup: draft k tokens from each listed row's trunk, one batched forward per
+        token; the drafted tokens stay on the device until the end (one host sync)."""
         cache = self.cache
         for b in rows:
             cache.truncate(b, min(cache.lengths[b], len(self.seqs[b].trunk) - 1))
         feed = [s.trunk[cache.lengths[b]:] if b in rows else [] for b, s in enumerate(self.seqs)]
-        tokens: dict[int, list[int]] = {b: [] for b in rows}
-        qs: dict[int, list[torch.Tensor]] = {b: [] for b in rows}
+        settings = RowSampling.of([self.seqs[b] for b in rows], self.runner.device)
+        index = torch.tensor(rows, device=self.runner.device)
+        counts = [1 if b in rows else 0 for b in range(len(self.seqs))]
+        picks, qs = [], []
+        logits = self.runner.feed(cache, feed)  # [B, vocab]
         for i in range(k):
-            logits = self.runner.feed(cache, feed)  # [B, vocab]
-            for b in rows:
-                s = self.seqs[b]
-                q = self._q(logits[b : b + 1], s, fanout[min(i, len(fanout) - 1)])  # [1, vocab]
-                t = sample_rows(q, [s])[0]
-                tokens[b].append(t)
-                qs[b].append(q[0])
-            feed = [[tokens[b][-1]] if b in rows else [] for b in range(len(self.seqs))]
+            q = self._q(logits[index], settings, fanout[min(i, len(fanout) - 1)])  # [R, vocab]
+            picks.append(settings.sample(q))  # [R]
+            qs.append(q)
+            if i + 1 < k:
+                tokens = torch.zeros(len(self.seqs), 1, dtype=torch.long, device=index.device)
+                logits = self.runner.feed_tokens(cache, tokens.index_copy(0, index, picks[-1].unsqueeze(1)), counts)
+        drafted = torch.stack(picks, dim=1).tolist() if picks else [[] for _ in rows]
         return {
-            b: CacheEntry(tokens[b], None if self.seqs[b].params.greedy else torch.stack(qs[b]))
-            for b in rows
+            b: CacheEntry(drafted[i], None if self.seqs[b].params.greedy else torch.stack([q[i] for q in qs]))
+            for i, b in enumerate(rows)
         }
 
     def glue(self) -> torch.Tensor:
@@ -107,7 +117,12 @@ class BranchDrafter:
             cache.truncate(b, len(s.trunk) - 1)
         rows = [[s.trunk[-1]] + s.speculation for s in self.seqs]
         logits = self.runner.feed(cache, rows, all_logits=True)  # [B, K_max + 1, vocab]
-        return torch.stack([_ranking(align_vocab(logits[b], self.vocab), s.params) for b, s in enumerate(self.seqs)])
+        logits = align_vocab(logits, self.vocab)
+        rows = RowSampling.of(self.seqs, logits.device)
+        if not rows.any_greedy:
+            return rows.probs(logits)
+        plain = torch.softmax(logits.float(), dim=-1)
+        return plain if rows.all_greedy else torch.where(rows.greedy.view(-1, 1, 1), plain, rows.probs(logits))
 
     def draft_branches(self, k: int, fanout: list[int]) -> dict:
         """Glue, predict outcomes, then k batched branch steps; returns timing figures."""
@@ -125,25 +140,22 @@ class BranchDrafter:
         width = max(len(g) for g in guesses)
         padded = [g + [g[0]] * (width - len(g)) for g in guesses]  # pads are scratch, never stored
         tokens = torch.tensor([[t for _, t in g] for g in padded])  # [B, NB]
-        drafted = [[[] for _ in range(width)] for _ in self.seqs]
-        qs = [[[] for _ in range(width)] for _ in self.seqs]
+        settings = RowSampling.of(self.seqs, self.runner.device)
+        picked, qs = [], []
         for depth in range(k):
             logits = self._branch_forward(tokens, padded, depth)  # [B, NB, draft_vocab]
-            picks = align_vocab(logits, self.vocab).argmax(dim=-1)  # [B, NB]: greedy rows keep these
-            for b, s in enumerate(self.seqs):
-                if s.params.greedy:
-                    continue
-                q = self._q(logits[b], s, fanout[min(depth, len(fanout) - 1)])  # [NB, vocab]
-                picks[b] = sample(q, [s.generator] * width)
-                for j in range(width):
-                    qs[b][j].append(q[j])
-            for b, row in enumerate(picks.tolist()):  # one host sync per depth
-                for j, t in enumerate(row):
-                    drafted[b][j].append(t)
-            tokens = picks
+            if settings.all_greedy:
+                tokens = align_vocab(logits, self.vocab).argmax(dim=-1)  # [B, NB]
+            else:
+                q = self._q(logits, settings, fanout[min(depth, len(fanout) - 1)])  # [B, NB, vocab]
+                u = settings.uniforms(width)  # [B, NB]: each row's own generator
+                tokens = inverse_cdf(q.flatten(0, 1), u.flatten()).view(q.shape[:2])
+                qs.append(q)
+            picked.append(tokens)
+        drafted = torch.stack(picked, dim=2).tolist()  # [B, NB, k]: one host sync for all depths
         for b, s in enumerate(self.seqs):
             for j, (n, t) in enumerate(s.guesses):
-                q = torch.stack(qs[b][j]) if qs[b][j] else None
+                q = None if s.params.greedy else torch.stack([qd[b, j] for qd in qs])
                 self.spec_cache.put(s.key, n, t, CacheEntry(drafted[b][j], q))
         return {"glue_s": t1 - t0, "branch_s": time.perf_counter() - t1}
 
@@ -170,8 +182,3 @@ class BranchDrafter:
         self.cache.truncate(b, min(self.cache.lengths[b], len(s.trunk) - 1))
         s.speculation = []
         return hit
-
-
-def _ranking(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """The distribution outcome prediction ranks by: q itself, or for greedy rows the draft's softmax."""
-    return torch.softmax(logits.float(), dim=-1) if params.greedy else probs_for_params(logits, params)

@@ -42,6 +42,7 @@ class WorkerConfig:
     head_tokens: int | None = None  # keep only this many frequent tokens in the draft's LM head
     quantize: str = "auto"  # the draft's weights (saguaro.quant.transform)
     fault_after_rounds: int | None = None  # testing: the worker dies abruptly after this many rounds
+    static_shapes: bool = False  # capture-ready draft forwards (saguaro.engine.runner)
     log_level: int = logging.WARNING
 
 
@@ -81,7 +82,7 @@ def serve(cfg: WorkerConfig, channel, in_process: bool) -> None:
         return
     channel.send_obj({"ok": True, "tokenizer": loaded.tokenizer.fingerprint()})
     try:
-        Worker(cfg, channel, ModelRunner(loaded.decoder, draft=True), in_process).serve()
+        Worker(cfg, channel, ModelRunner(loaded.decoder, draft=True, static_shapes=cfg.static_shapes), in_process).serve()
     except WorkerStopped:
         log.warning("draft worker stopped (fault injection)")
 

@@ -16,4 +16,5 @@ class ARStrategy(Strategy):
 
     def step(self, seqs: list[Sequence], cache: KVCache) -> list[list[int]]:
         logits = self.target.feed(cache, [[s.trunk[-1]] for s in seqs])  # [B, vocab]
+        self.round_logits = logits.unsqueeze(1)
         return [[t] for t in choose_tokens(logits, seqs)]

@@ -9,9 +9,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from saguaro.engine.sequence import Sequence, group_rows
+from saguaro.engine.sequence import Sequence
 from saguaro.kv_cache import KVCache
-from saguaro.sampling.probs import probs_for_params, sample
+from saguaro.sampling.rows import RowSampling
 
 
 class Strategy(ABC):
@@ -21,6 +21,9 @@ class Strategy(ABC):
 
     name: str = ""
     extra_slots: int = 1  # cache slots needed past a sequence's final length
+    # After `step`: the target's float32 logits [B, W, vocab] of the round, where [b, j] is the
+    # distribution the j-th token committed for row b was drawn from (for reporting logprobs).
+    round_logits: torch.Tensor | None = None
 
     def open(self, max_rows: int, capacity: int) -> None:
         """Size per-engine state (a draft KV pool, say) once; called again only to grow it."""
@@ -45,12 +48,5 @@ class Strategy(ABC):
 def choose_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
     """logits [B, vocab] -> one token per sequence, sampled with its own settings and generator.
 
-    Rows sharing settings are sampled together; one host sync for the whole batch."""
-    tokens = logits.argmax(dim=-1)  # [B]; greedy rows keep these
-    for params, rows in group_rows(None if s.params.greedy else s.params for s in seqs).items():
-        if params is None:
-            continue
-        index = torch.tensor(rows, device=logits.device)
-        probs = probs_for_params(logits[index], params)  # [G, vocab]
-        tokens[index] = sample(probs, [seqs[b].generator for b in rows])
-    return tokens.tolist()
+    One batched path for every row (greedy rows are its one-hot case); one host sync."""
+    return RowSampling.of(seqs, logits.device).choose(logits).tolist()

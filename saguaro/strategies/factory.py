@@ -35,6 +35,7 @@ class StrategyOptions:
     draft_head_tokens: int | None = None  # the draft's LM head keeps only this many frequent tokens
     ssd_worker: str = "auto"  # "process", "thread" (in-process, own CUDA stream), or auto: thread on a shared GPU
     draft_quantize: str = "auto"  # the draft's weights: auto, none, int8 or int4 (saguaro.quant)
+    static_shapes: bool = False  # capture-ready forwards for the draft too (saguaro.engine.runner)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -89,7 +90,8 @@ def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokeni
     if opts.mode == "sd":
         from saguaro.strategies.sd import SDStrategy
 
-        drafter = _drafter(target, tokenizer, draft, device, dtype, opts.draft_head_tokens, opts.draft_quantize)
+        drafter = _drafter(target, tokenizer, draft, device, dtype, opts.draft_head_tokens, opts.draft_quantize,
+                           opts.static_shapes)
         return SDStrategy(target, drafter, opts.k or 4)
     return _ssd(opts, target, tokenizer, draft, device, dtype)
 
@@ -119,6 +121,7 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
             fault_after_rounds=opts.fault_after_rounds,
             head_tokens=opts.draft_head_tokens,
             quantize=opts.draft_quantize,
+            static_shapes=opts.static_shapes,
             log_level=logging.getLogger("saguaro").getEffectiveLevel(),
         ),
         timeout_s=opts.worker_timeout,
@@ -136,7 +139,8 @@ def _same_device(a, b) -> bool:
     return a.type == b.type and (a.index or 0) == (b.index or 0)
 
 
-def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype, head_tokens=None, quantize="auto"):
+def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype, head_tokens=None, quantize="auto",
+             static_shapes=False):
     if draft == NGRAM:
         from saguaro.drafters.prompt_lookup import NgramDrafter
 
@@ -150,7 +154,7 @@ def _drafter(target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtyp
         raise InvalidRequestError(
             f"the draft embeds {loaded.config.vocab_size} tokens but the tokenizer has {tokenizer.vocab_size}"
         )
-    return ModelDrafter(ModelRunner(loaded.decoder, draft=True), target.vocab_size)
+    return ModelDrafter(ModelRunner(loaded.decoder, draft=True, static_shapes=static_shapes), target.vocab_size)
 
 
 def check_same_tokenizer(target: Tokenizer, draft: Tokenizer) -> None:

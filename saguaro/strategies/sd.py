@@ -11,49 +11,52 @@ import torch
 
 from saguaro.drafters.base import DraftProposal, Drafter
 from saguaro.engine.runner import ModelRunner
-from saguaro.engine.sequence import Sequence, group_rows
+from saguaro.engine.sequence import Sequence
 from saguaro.kv_cache import KVCache
 from saguaro.metrics import SpeculationStats
-from saguaro.sampling.probs import probs_for_params
+from saguaro.sampling.rows import RowSampling
 from saguaro.strategies.base import Strategy
 from saguaro.verify import one_hot_q, verify_greedy, verify_sampled
 
 
 def verify_rows(logits: torch.Tensor, seqs: list[Sequence], proposal: DraftProposal) -> list[tuple[int, int]]:
     """logits [B, 1 + K, vocab] of the target over [last trunk token, s_1..s_K] per row (rows
-    with shorter speculations padded). Returns each row's outcome (n, t) with one host sync.
+    with shorter speculations padded). Returns each row's outcome (n, t) with one host sync,
+    which also brings back speculations still on the device (filling proposal.tokens).
 
-    Rows are verified in groups, batched: every greedy row together (shorter speculations are
-    masked by their length), and sampled rows by settings and speculation length, so that each
-    row draws exactly len(spec) + 1 uniforms from its own generator, whatever its companions.
+    Every row goes through one batched rule with its own settings (RowSampling): greedy rows are
+    its one-hot case, and all-greedy batches take the argmax shortcut. Each sampled row draws
+    exactly len(spec) + 1 uniforms from its own generator, whatever its companions.
     """
     device = logits.device
-    lengths = [len(t) for t in proposal.tokens]
-    width = logits.shape[1] - 1
-    spec = torch.tensor([t + [0] * (width - len(t)) for t in proposal.tokens], dtype=torch.long, device=device)
-    accepted = torch.zeros(len(seqs), dtype=torch.long, device=device)
-    token = torch.zeros(len(seqs), dtype=torch.long, device=device)
-    # Greedy rows all together; sampled rows by settings and speculation length.
-    keys = [(None, 0) if s.params.greedy else (s.params, n) for s, n in zip(seqs, lengths)]
-    for (params, k), rows in group_rows(keys).items():
-        index = torch.tensor(rows, device=device)
-        if params is None:  # greedy
-            spec_len = torch.tensor([lengths[b] for b in rows], device=device)
-            v = verify_greedy(logits[index], spec[index], spec_len)
-        else:
-            p = probs_for_params(logits[index, : k + 1], params)  # [G, k + 1, vocab]
-            q = torch.stack([_q_row(proposal, b, spec[b, :k], p.shape[-1]).to(device) for b in rows])
-            v = verify_sampled(p, q, spec[index, :k], [seqs[b].generator for b in rows])
-        accepted[index], token[index] = v.accepted, v.token
-    return list(zip(accepted.tolist(), token.tolist()))
+    spec, lengths = proposal.padded(device)  # [B, K]
+    width = spec.shape[1]
+    spec_len = torch.tensor(lengths, dtype=torch.long, device=device)
+    rows = RowSampling.of(seqs, device)
+    if rows.all_greedy:
+        v = verify_greedy(logits, spec, spec_len)
+    else:
+        p = rows.probs(logits)  # [B, 1 + K, vocab]
+        q = proposal_q(proposal, spec, p.shape[-1])  # [B, K, vocab]
+        u = rows.uniforms([n + 1 for n in lengths], width + 1)  # [B, 1 + K]
+        v = verify_sampled(p, q, spec, spec_len=spec_len, uniforms=u)
+    packed = torch.cat([v.accepted.unsqueeze(1), v.token.unsqueeze(1), spec], dim=1).tolist()  # the sync
+    if proposal.tokens is None:
+        proposal.tokens = [row[2 : 2 + n] for row, n in zip(packed, lengths)]
+    return [(row[0], row[1]) for row in packed]
 
 
-def _q_row(proposal: DraftProposal, b: int, spec: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[k, vocab]: the q row b's speculation was sampled from; one-hot for deterministic ones."""
-    q = proposal.q_of(b)
-    if q is None:
-        return one_hot_q(spec, vocab)
-    return q[: spec.shape[0]]
+def proposal_q(proposal: DraftProposal, spec: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[B, K, vocab]: the q each row's speculation was sampled from; one-hot for deterministic
+    rows, zero past a row's own length (never read: those positions do not count)."""
+    if isinstance(proposal.q, torch.Tensor) and proposal.q.shape == (*spec.shape, vocab):
+        return proposal.q.to(spec.device)
+    q = one_hot_q(spec, vocab)
+    for b in range(spec.shape[0]):
+        qb = proposal.q_of(b)
+        if qb is not None:
+            q[b, : qb.shape[0]] = qb[: spec.shape[1]].to(q.device)
+    return q
 
 
 class SDStrategy(Strategy):
@@ -62,6 +65,7 @@ class SDStrategy(Strategy):
     def __init__(self, target: ModelRunner, drafter: Drafter, k: int):
         self.target, self.drafter, self.k = target, drafter, k
         self.extra_slots = k + 1
+        target.register_width(k + 1)  # the verify forward's own static width
 
     def open(self, max_rows: int, capacity: int) -> None:
         self.drafter.open(max_rows, capacity)
@@ -88,21 +92,24 @@ class SDStrategy(Strategy):
         return out
 
     def verify(self, seqs: list[Sequence], cache: KVCache, proposal: DraftProposal) -> list[list[int]]:
-        outcomes = verify_batch(self.target, seqs, cache, proposal)
+        outcomes, self.round_logits = verify_batch(self.target, seqs, cache, proposal)
         self.drafter.commit([len(s.trunk) + n for s, (n, _) in zip(seqs, outcomes)])
         return [proposal.tokens[b][:n] + [t] for b, (n, t) in enumerate(outcomes)]
 
 
-def verify_batch(target: ModelRunner, seqs: list[Sequence], cache: KVCache, proposal: DraftProposal) -> list[tuple[int, int]]:
+def verify_batch(target: ModelRunner, seqs: list[Sequence], cache: KVCache,
+                 proposal: DraftProposal) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """One target forward over [last trunk token, s_1..s_k] per row, then the exact rule.
 
-    Returns each row's outcome (n, t) and leaves the target cache holding trunk + s_1..s_n.
+    Returns each row's outcome (n, t) and the target's logits [B, 1 + K, vocab], and leaves the
+    target cache holding trunk + s_1..s_n.
     """
     old = list(cache.lengths)
-    rows = [[s.trunk[-1]] + proposal.tokens[b] for b, s in enumerate(seqs)]
-    logits = target.feed(cache, rows, all_logits=True)  # [B, 1 + K, vocab]
-    outcomes = verify_rows(logits, seqs, proposal)
+    spec, lengths = proposal.padded(target.device)  # [B, K]
+    last = torch.tensor([[s.trunk[-1]] for s in seqs], dtype=torch.long, device=target.device)
+    logits = target.feed_tokens(cache, torch.cat([last, spec], dim=1), [n + 1 for n in lengths], all_logits=True)
+    outcomes = verify_rows(logits, seqs, proposal)  # [B, 1 + K, vocab] logits in
     for b, (s, (n, _)) in enumerate(zip(seqs, outcomes)):
         s.stats.record(len(proposal.tokens[b]), n)
         cache.truncate(b, old[b] + 1 + n)  # rejected tokens leave the target cache
-    return outcomes
+    return outcomes, logits

@@ -109,11 +109,13 @@ class SSDStrategy(Strategy):
 
     def step(self, seqs: list[Sequence], cache: KVCache) -> list[list[int]]:
         if self.fallback is not None:
-            return self.fallback.step(seqs, cache)
+            tokens = self.fallback.step(seqs, cache)
+            self.round_logits = self.fallback.round_logits
+            return tokens
         spec = self.pending
         proposal = DraftProposal(tokens=spec.tokens, q=spec.q)
         t0 = time.perf_counter()
-        outcomes = verify_batch(self.target, seqs, cache, proposal)
+        outcomes, self.round_logits = verify_batch(self.target, seqs, cache, proposal)
         t1 = time.perf_counter()
         keep = self.keep or [True] * self.held
         try:

@@ -3,32 +3,10 @@ and every greedy output stays what it is alone (AR, SD and SSD); bad input distu
 
 import pytest
 
-from exactness import write_tiny_pair
 from saguaro import Engine, InvalidRequestError, SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
 PROMPTS = [[3, 5, 7, 3, 5, 7, 3], [1, 2], [4, 4, 4, 4, 6, 1, 2, 3, 5, 6, 7], [6]]
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    return write_tiny_pair(tmp_path_factory.mktemp("engine"))
-
-
-@pytest.fixture(scope="module")
-def engines(folders):
-    made = {}
-
-    def get(mode, **options):
-        key = (mode, tuple(sorted(options.items())))
-        if key not in made:
-            draft = folders[1] if mode != "ar" else None
-            made[key] = Engine(folders[0], draft, mode, dtype="float32", **options)
-        return made[key]
-
-    yield get
-    for engine in made.values():
-        engine.close()
 
 
 def run(engine, schedule: dict, aborts: dict | None = None, limit: int = 500, metrics: dict | None = None):

@@ -1,5 +1,6 @@
-"""The decoder forward is capture-ready: one decode step compiles as a single graph (torch.compile
-with fullgraph=True raises on any graph break, e.g. a host read) and matches eager; GQA attention,
+"""The decoder forward is capture-ready: the static decode step compiles as a single graph
+(torch.compile with fullgraph=True raises on any graph break, e.g. a host read), is not
+recompiled when lengths change, and matches eager; GQA attention,
 which no longer repeats K/V, matches the same model with its KV heads repeated in the weights."""
 
 import copy
@@ -9,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from saguaro.engine.runner import causal_mask
+from saguaro.engine.runner import append_inputs, causal_mask
 from saguaro.loading.loader import load_model
 from saguaro.model.decoder import Linear
 
@@ -37,25 +38,29 @@ def _decode_inputs(lengths: list[int], seed: int, vocab: int):
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
                     reason="inductor needs a C++ compiler on the CPU")
-def test_decode_step_compiles_as_one_graph_and_matches_eager(decoder):
-    """Tiny model, one shape: about 10-20 s of compilation on 2 cores."""
+def test_static_decode_step_compiles_once_and_matches_eager(decoder):
+    """The capture-ready decode step (static shapes: attention over the whole capacity, mask made
+    from a device lengths tensor) compiles as one graph and is never recompiled as lengths
+    change; it matches eager attention over just the filled slots. Tiny model: 10-20 s."""
     torch._dynamo.reset()
 
-    def step(tokens, positions, cache, slots, mask):
-        return decoder.compute(tokens, positions, cache, slots, mask)
+    def step(tokens, lengths, cache):
+        slots, mask = append_inputs(lengths, 1, cache.capacity)
+        return decoder.compute(tokens, slots, cache, slots, mask)
 
     compiled = torch.compile(step, fullgraph=True, dynamic=False)
     batch, capacity = 2, 32
     eager_cache, graph_cache = _filled_cache(decoder, batch, capacity), _filled_cache(decoder, batch, capacity)
     try:
-        for seed, lengths in enumerate([[5, 9], [7, 9]]):  # same shapes, new values: no recompile needed
-            tokens, positions, mask = _decode_inputs(lengths, seed, decoder.cfg.vocab_size)
-            ref = decoder.forward(tokens, positions, eager_cache, positions, mask)
-            with torch.inference_mode():
-                out = compiled(tokens, positions, graph_cache, positions, mask)
-            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-            for a, b in zip(eager_cache.k + eager_cache.v, graph_cache.k + graph_cache.v):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # the step's K/V were written
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for seed, lengths in enumerate([[5, 9], [7, 20], [31, 0]]):  # new values, one graph
+                tokens, positions, mask = _decode_inputs(lengths, seed, decoder.cfg.vocab_size)
+                ref = decoder.forward(tokens, positions, eager_cache, positions, mask)
+                with torch.inference_mode():
+                    out = compiled(tokens, torch.tensor(lengths), graph_cache)
+                torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+                for a, b in zip(eager_cache.k + eager_cache.v, graph_cache.k + graph_cache.v):
+                    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)  # the step's K/V were written
     finally:
         torch._dynamo.reset()
 

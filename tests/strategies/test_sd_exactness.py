@@ -172,11 +172,11 @@ def test_sd_batch_with_different_prompts(make_llm, exact, draft, params, k):
     assert_exact(chi_square_pvalue_joint(counts, [exact(p, params) for p in prompts]))
 
 
-def _greedy_acceptance(p, q, speculation, generators, spec_len=None):
+def _greedy_acceptance(p, q, speculation, generators=None, spec_len=None, *, uniforms=None):
     """The known trap: accept while s_i == argmax p_{i-1} at temperature > 0, then t from p_n."""
     v = verify_greedy(p, speculation, spec_len)
     p_n = p[torch.arange(p.shape[0]), v.accepted]  # [batch, vocab]
-    u = draw_uniforms(generators, 1, p.device)[:, 0]  # [batch]
+    u = draw_uniforms(generators, 1, p.device)[:, 0] if uniforms is None else uniforms[:, 0]  # [batch]
     return Verification(accepted=v.accepted, token=inverse_cdf(p_n, u), speculation=speculation)
 
 
