@@ -1,11 +1,15 @@
 """Saguaro: LLM inference with exact autoregressive, speculative and speculative-speculative decoding."""
 
 from saguaro.errors import InvalidRequestError, ModelLoadError, SaguaroError
-from saguaro.sampling.params import SamplingParams
 
 
 def __getattr__(name):
-    # LLM and Engine pull in torch and the loaders; import them lazily so `import saguaro` stays cheap.
+    # Everything else pulls in torch; import it lazily so `import saguaro` stays cheap (and the
+    # command line can turn a Ctrl-C during torch's import into a clean exit).
+    if name == "SamplingParams":
+        from saguaro.sampling.params import SamplingParams
+
+        return SamplingParams
     if name in ("LLM", "GenerationResult"):
         from saguaro import llm
 

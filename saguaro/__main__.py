@@ -5,7 +5,10 @@ All the work is in saguaro.cli.main.
 
 import sys
 
-from saguaro.cli.main import main
+try:
+    from saguaro.cli.main import main
+except KeyboardInterrupt:  # Ctrl-C while the interpreter imports: no traceback
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

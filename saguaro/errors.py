@@ -18,3 +18,7 @@ class InvalidRequestError(SaguaroError, ValueError):
 
 class UnsupportedEnvironmentError(SaguaroError):
     """This machine, torch build or setting cannot run what was asked (a CPU kernel, a device)."""
+
+
+class ClosedError(SaguaroError):
+    """The LLM or Engine was closed (its draft worker shut down); make a new one."""

@@ -92,6 +92,23 @@ def _checked_messages(messages: Any) -> list[dict]:
     return checked
 
 
+def check_text(text: str, what: str = "the prompt") -> str:
+    """`text` if it can be encoded as UTF-8, else InvalidRequestError naming the first bad character.
+
+    Python holds undecodable input bytes (command-line arguments, stdin) as lone surrogates; those
+    are refused rather than replaced, so a prompt never silently differs from what was typed.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        what_char = (f"the byte 0x{code - 0xDC00:02x}, which is not valid UTF-8," if 0xDC80 <= code <= 0xDCFF
+                     else f"a lone surrogate U+{code:04X}")
+        raise InvalidRequestError(f"{what} holds {what_char} at character {e.start}; "
+                                  "give text as UTF-8 (check the terminal's or file's encoding)") from None
+
+
 class Tokenizer:
     """A loaded tokenizer: encode/decode, chat template, stop ids."""
 

@@ -3,7 +3,8 @@
 Every configuration runs in its own subprocess with its own core pinning; ratios are against
 baselines measured in the same run (these machines are noisy). Results go to JSON and a PNG.
 `--baseline-rev REV` also runs each Saguaro configuration with the code of another git revision
-(from a worktree under /tmp), side by side. The engine suite (concurrent load) is saguaro.bench.serving.
+(from a worktree under /tmp), side by side. The engine suite (concurrent load) is saguaro.bench.serving;
+the serve suite (HTTP load on `saguaro serve` and llama.cpp's server) is saguaro.bench.serve_load.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from saguaro.bench import serving
+from saguaro.bench import serve_load, serving
 from saguaro.bench.prompts import all_prompts
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -216,7 +217,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="saguaro bench", description=__doc__)
-    p.add_argument("suite", choices=["ar", "sd", "ssd", "cpu", "engine"])
+    p.add_argument("suite", choices=["ar", "sd", "ssd", "cpu", "engine", "serve"])
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--draft", default=DEFAULT_DRAFT)
     p.add_argument("--dtype", default="auto")
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cpu suite: target precisions to run (auto none int8 int4); engine suite: the first")
     p.add_argument("--quantize-draft", nargs="*", default=["auto"],
                    help="cpu suite: the draft's precisions; engine suite: the first")
-    p.add_argument("--max-tokens", type=int, default=None, help="new tokens per request (128; engine suite 64)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="new tokens per request (128; engine suite 64, serve suite 48)")
     p.add_argument("--kinds", nargs="*", help="prompt kinds (code instruction math editing); default all")
     p.add_argument("--ks", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7, 8], help="SD lookaheads")
     p.add_argument("--ssd-k", type=int, default=None, help="SSD lookahead (default: from the budget)")
@@ -238,12 +240,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run each saguaro configuration with this git revision's code, side by side")
     p.add_argument("--no-llamacpp", action="store_true", help="cpu suite: skip the llama.cpp rows (and their venv)")
     serving.add_arguments(p)
+    serve_load.add_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.max_tokens is None:
-        args.max_tokens = 64 if args.suite == "engine" else 128
+        args.max_tokens = {"engine": 64, "serve": 48}.get(args.suite, 128)
     if args.suite == "engine":
         return serving.run_suite(args)
+    if args.suite == "serve":
+        return serve_load.run_suite(args)
     if args.suite == "cpu" and not args.no_llamacpp:
         from saguaro.bench.llamacpp import ensure_env
 

@@ -1,6 +1,9 @@
-"""The `saguaro` command line: generate, chat and bench on top of the Python API.
+"""The `saguaro` command line: generate, chat, serve and bench on top of the Python API.
 
-User mistakes print one `saguaro: error: ...` line and exit with status 2; Ctrl-C exits with 130.
+User mistakes print one `saguaro: error: ...` line and exit with status 2; Ctrl-C exits with 130
+and SIGTERM with 143, after the model (and SSD's draft worker) shut down, with no traceback.
+Prompts must be valid UTF-8: an argument or chat line with undecodable bytes is refused (status
+2; in chat, the line is refused and the session goes on), never silently altered.
 """
 
 from __future__ import annotations
@@ -9,12 +12,20 @@ import argparse
 import inspect
 import json
 import logging
+import re
+import signal
 import sys
+import threading
 import time
+from typing import TYPE_CHECKING
 
+# No torch at import time: a Ctrl-C while torch loads (seconds on a busy machine) then lands in
+# main(), which exits 130 without a traceback.
 from saguaro.errors import SaguaroError
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
-from saguaro.sampling.params import SamplingParams
+
+if TYPE_CHECKING:
+    from saguaro.sampling.params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +33,7 @@ DEFAULT_MODE = "ssd"  # for the bundled pair, or any target given with a --draft
 MODES = ("ar", "sd", "ssd")
 USAGE_ERROR = 2
 INTERRUPTED = 130
+TERMINATED = 143
 
 # Flags forwarded to LLM only when given, so the CLI works with engines that predate them.
 OPTIONAL_LLM_FLAGS = {
@@ -35,12 +47,17 @@ OPTIONAL_LLM_FLAGS = {
     "ssd_worker": "--ssd-worker",
     "quantize_target": "--quantize-target",
     "quantize_draft": "--quantize-draft",
+    "static_shapes": "--static-shapes",
 }
 QUANTIZE_CHOICES = ("auto", "none", "int8", "int4")
 
 
 class UsageError(SaguaroError):
     """A command-line mistake found by argparse or by the CLI itself."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs; main() exits 143 on it."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,6 +92,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantize-draft", choices=QUANTIZE_CHOICES, help="the draft's weights, as --quantize-target")
     g.add_argument("--device", help="cpu (default) or cuda[:N]")
     g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--static-shapes", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture-ready forwards: bucketed batch and width, attention over the whole KV pool "
+                   "(default: on CUDA only)")
     s = p.add_argument_group("SSD placement and knobs")
     s.add_argument("--target-cores", type=_core_list, metavar="LIST", help="CPU cores for the target, e.g. 0 or 0,1")
     s.add_argument("--draft-cores", type=_core_list, metavar="LIST", help="CPU cores for the draft, e.g. 1")
@@ -104,7 +124,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="saguaro", description="LLM inference with exact speculative speculative decoding.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) on stderr")
-    sub = parser.add_subparsers(dest="command", metavar="{generate,chat,bench}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{generate,chat,serve,bench}", required=True)
 
     # -v is also accepted after the subcommand; SUPPRESS keeps the subparser from resetting it.
     verbose = _Parser(add_help=False)
@@ -117,9 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(gen)
     _add_sampling_options(gen)
 
-    chat = sub.add_parser("chat", parents=[verbose], help="interactive chat on stdin (/reset clears the history)")
+    chat = sub.add_parser("chat", parents=[verbose], help="interactive chat on stdin (/help lists its commands)")
     _add_model_options(chat)
     _add_sampling_options(chat)
+
+    from saguaro.server.cli import add_serve_options  # argparse only: FastAPI loads when serving
+
+    serve = sub.add_parser("serve", parents=[verbose], help="OpenAI-compatible HTTP server (see saguaro serve --help)")
+    _add_model_options(serve)
+    add_serve_options(serve)
 
     # The benchmark parses its own arguments; everything after `bench` is passed through.
     sub.add_parser("bench", help="run benchmarks (see saguaro bench --help)", add_help=False)
@@ -128,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:
     """Only the flags the user gave; SamplingParams validates them and supplies the defaults."""
+    from saguaro.sampling.params import SamplingParams
+
     given = {
         name: getattr(args, name)
         for name in ("max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "ignore_eos")
@@ -136,9 +164,8 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(**given)
 
 
-def open_llm(args: argparse.Namespace):
-    from saguaro.llm import LLM
-
+def model_options(args: argparse.Namespace) -> tuple[str, dict]:
+    """The target and the LLM / Engine options the model and mode flags ask for."""
     target, draft = args.target, args.draft
     if args.mode is None:
         args.mode = DEFAULT_MODE if (target is None or draft is not None) else "ar"
@@ -152,6 +179,8 @@ def open_llm(args: argparse.Namespace):
     for name in ("dtype", "device", "threads"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
+    from saguaro.llm import LLM
+
     accepted = inspect.signature(LLM).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         from saguaro.engine.build import build_parts
@@ -163,7 +192,14 @@ def open_llm(args: argparse.Namespace):
         if name not in accepted:
             raise UsageError(f"{flag} is not supported by this version of the engine")
         kwargs[name] = getattr(args, name)
-    log.info("loading %s (mode %s, draft %s)", target, args.mode, draft)
+    return target, kwargs
+
+
+def open_llm(args: argparse.Namespace):
+    from saguaro.llm import LLM
+
+    target, kwargs = model_options(args)
+    log.info("loading %s (mode %s, draft %s)", target, args.mode, kwargs["draft"])
     return LLM(target, **kwargs)
 
 
@@ -174,6 +210,9 @@ def summary(results) -> str:
     # The batch decodes together, so its wall time is the longest sequence's decode time.
     seconds = max(m["decode_s"] for m in metrics)
     parts = [f"{tokens} tokens", f"{tokens / seconds if seconds > 0 else 0.0:.1f} tokens/s", f"mode {metrics[0]['mode']}"]
+    note = _fallback_note(results)
+    if note:
+        parts.append(note)
     drafted = sum(m.get("drafted", 0) for m in metrics)
     if drafted:
         parts.append(f"acceptance {sum(m.get('accepted', 0) for m in metrics) / drafted:.1%}")
@@ -202,6 +241,15 @@ def cmd_generate(args: argparse.Namespace, llm) -> int:
     return 0
 
 
+def _fallback_note(results) -> str | None:
+    """Why SSD fell back to AR, if it did: the summary says so rather than still claiming SSD."""
+    for r in results:
+        fault = r.metrics.extra.get("worker_fault")
+        if fault:
+            return f"the draft worker failed ({fault}); decoded autoregressively"
+    return None
+
+
 def _read_line(interactive: bool) -> str | None:
     if interactive:
         sys.stdout.write("> ")
@@ -210,17 +258,62 @@ def _read_line(interactive: bool) -> str | None:
     return None if line == "" else line.rstrip("\n")
 
 
+CHAT_HELP = ("commands: /reset clears the history, /exit or /quit leaves (so does Ctrl-D), /help shows this. "
+             "Ctrl-C stops an answer; at the prompt, a second Ctrl-C leaves.")
+CHAT_COMMAND = re.compile(r"/[A-Za-z]+")
+
+
+def _chat_command(text: str, history: list[dict]) -> bool | None:
+    """Runs a /command: True to leave, False to go on; None when `text` is a message."""
+    if not CHAT_COMMAND.fullmatch(text):
+        return None  # e.g. "/usr/bin is ..." is a message
+    command = text.lower()
+    if command in ("/exit", "/quit"):
+        return True
+    if command == "/reset":
+        history.clear()
+        print("(history cleared)", file=sys.stderr)
+    elif command == "/help":
+        print(CHAT_HELP, file=sys.stderr)
+    else:
+        print(f"unknown command {text}; {CHAT_HELP}", file=sys.stderr)
+    return False
+
+
 def cmd_chat(args: argparse.Namespace, llm) -> int:
+    from saguaro.tokenizer import check_text
+
     params = args.params
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):
+        # Undecodable bytes reach check_text (a clear refusal) instead of ending the session.
+        sys.stdin.reconfigure(errors="surrogateescape")
     history: list[dict] = []
-    while (line := _read_line(interactive)) is not None:
+    interrupts = 0  # Ctrl-C at the prompt in a row
+    while True:
+        try:
+            line = _read_line(interactive)
+        except KeyboardInterrupt as e:
+            if isinstance(e, Terminated) or interrupts:
+                raise
+            interrupts += 1
+            print("\n(Ctrl-C again or /exit to leave)", file=sys.stderr)
+            continue
+        if line is None:
+            return 0
         text = line.strip()
         if not text:
             continue
-        if text == "/reset":
-            history.clear()
-            print("(history cleared)", file=sys.stderr)
+        interrupts = 0
+        leave = _chat_command(text, history)
+        if leave is not None:
+            if leave:
+                return 0
+            continue
+        try:
+            check_text(text, "the message")
+        except SaguaroError as e:
+            print(f"saguaro: error: {_one_line(e)}", file=sys.stderr)
             continue
         history.append({"role": "user", "content": text})
         start = time.perf_counter()
@@ -234,6 +327,13 @@ def cmd_chat(args: argparse.Namespace, llm) -> int:
             # Typically the history outgrew the context; the session stays usable after /reset.
             history.pop()
             print(f"saguaro: error: {_one_line(e)} (type /reset to start over)", file=sys.stderr)
+            continue
+        except KeyboardInterrupt as e:
+            if isinstance(e, Terminated):
+                raise
+            # The answer stops (the engine aborted it); the unanswered message leaves the history.
+            history.pop()
+            print("\n(answer stopped)", file=sys.stderr)
             continue
         seconds = time.perf_counter() - start
         answer = "".join(pieces)
@@ -271,15 +371,29 @@ def _run(argv: list[str]) -> int:
         return cmd_bench(extra)
     if extra:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
-    # Check the sampling flags before spending seconds on loading a model.
+    if args.command == "serve":
+        from saguaro.server.cli import cmd_serve
+
+        return cmd_serve(args, *model_options(args))
+    # Check the sampling flags and prompts before spending seconds on loading a model.
     args.params = sampling_params(args)
+    if args.command == "generate":
+        from saguaro.tokenizer import check_text
+
+        for prompt in args.prompts:
+            check_text(prompt, "a prompt")
     llm = None
+    old_term = _on_sigterm()  # not for serve: the server handles its own signals
     try:
         llm = open_llm(args)
         return cmd_generate(args, llm) if args.command == "generate" else cmd_chat(args, llm)
     finally:
-        if llm is not None:
-            llm.close()
+        try:
+            if llm is not None:
+                llm.close()
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,10 +412,22 @@ def main(argv: list[str] | None = None) -> int:
     except SaguaroError as e:
         print(f"saguaro: error: {_one_line(e)}", file=sys.stderr)
         return USAGE_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # the finally of _run has closed the model by now
         print(file=sys.stderr)
-        return INTERRUPTED
+        return TERMINATED if isinstance(e, Terminated) else INTERRUPTED
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+def _on_sigterm():
+    """Make SIGTERM unwind like Ctrl-C (so the draft worker is shut down, not orphaned); returns
+    the previous handler, or None where handlers cannot be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 

@@ -5,12 +5,13 @@ The mode is chosen once here; every engine method is the same for AR, SD and SSD
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
 from saguaro.engine.runner import ModelRunner
-from saguaro.errors import InvalidRequestError
+from saguaro.errors import InvalidRequestError, UnsupportedEnvironmentError
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
 from saguaro.loading.loader import load_model
 from saguaro.model.config import ModelConfig
@@ -57,7 +58,20 @@ def build_parts(
     `quantize_target` / `quantize_draft`: auto (a GGUF at about its own precision, a float
     checkpoint as is), none, int8 or int4 weight-only kernels on CPU (saguaro.quant).
     `static_shapes`: capture-ready forwards (bucketed batch and width, attention over the whole
-    capacity; saguaro.engine.runner). Default: on CUDA only; on CPU they measured slower."""
+    capacity; saguaro.engine.runner). Default: on CUDA only; on CPU they measured slower.
+    Bad values raise InvalidRequestError (or UnsupportedEnvironmentError for a device kind
+    this build cannot run) before anything loads."""
+    target = _model_ref(target, "target")
+    draft = None if draft is None else _model_ref(draft, "draft")
+    if not isinstance(mode, str):
+        raise InvalidRequestError(f"mode must be a string (ar, sd or ssd), got {mode!r}")
+    if not isinstance(dtype, (str, torch.dtype)):
+        raise InvalidRequestError(f"dtype must be a string or a torch.dtype, got {dtype!r}")
+    check_device(device, "device")
+    if draft_device is not None:
+        check_device(draft_device, "draft_device")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)):
+        raise InvalidRequestError(f"threads must be an integer >= 1, got {threads!r}")
     if static_shapes is None:
         static_shapes = str(device).startswith("cuda")
     elif not isinstance(static_shapes, bool):
@@ -86,3 +100,27 @@ def build_parts(
     runner = ModelRunner(loaded.decoder, static_shapes=static_shapes)
     strategy = build_strategy(options, runner, loaded.tokenizer, draft, device, dtype)
     return Parts(runner, strategy, loaded.tokenizer, loaded.config, options, loaded.quantization)
+
+
+def _model_ref(ref, what: str) -> str:
+    if isinstance(ref, os.PathLike):
+        ref = os.fspath(ref)
+    if not isinstance(ref, str) or not ref:
+        raise InvalidRequestError(f"{what} must be a model reference (a non-empty string or path), got {ref!r}")
+    return ref
+
+
+DEVICE_KINDS = ("cpu", "cuda")
+
+
+def check_device(device, what: str = "device") -> torch.device:
+    """`device` as a torch.device of a kind Saguaro runs (cpu, cuda[:N]); a clear error otherwise."""
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidRequestError(f"{what} must be a string such as cpu or cuda:0, got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidRequestError(f"{what} {device!r} is not a device; use cpu or cuda[:N]") from None
+    if dev.type not in DEVICE_KINDS:
+        raise UnsupportedEnvironmentError(f"{what} {device!r}: Saguaro runs on cpu or cuda[:N] only")
+    return dev

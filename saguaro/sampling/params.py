@@ -20,6 +20,13 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to turn target logits into tokens, and when to stop.
@@ -45,6 +52,8 @@ class SamplingParams:
         if isinstance(stop, str):
             stop = (stop,)
         try:
+            if isinstance(stop, (bytes, bytearray, dict)):
+                raise TypeError  # iterable, but not a list of strings
             stop = tuple(stop)
         except TypeError:
             raise InvalidRequestError(f"stop must be a string or a list of strings, got {self.stop!r}") from None
@@ -55,7 +64,7 @@ class SamplingParams:
         object.__setattr__(self, "stop", stop)
 
         t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not _finite(t) or t < 0:
             raise InvalidRequestError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
         if not _is_int(self.top_k) or self.top_k < -1:
             raise InvalidRequestError(f"top_k must be an integer >= -1 (0 or -1 = disabled), got {self.top_k!r}")

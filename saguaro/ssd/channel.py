@@ -18,10 +18,22 @@ import torch.distributed as dist
 
 
 class Link:
-    """What both links share: blocking receives and pickled objects over send / recv_async."""
+    """What both links share: blocking receives and pickled objects over send / recv_async.
 
-    def send(self, tensor: torch.Tensor) -> None:
+    Every blocking call takes an optional `wait(pending)` that replaces the plain blocking wait:
+    the engine passes one that polls the worker's liveness and a deadline, so neither a send nor
+    a receive can hang it (and Ctrl-C is seen between polls, not after a C++ wait returns).
+    """
+
+    def send_async(self, tensor: torch.Tensor):
         raise NotImplementedError
+
+    def send(self, tensor: torch.Tensor, wait=None) -> None:
+        pending = self.send_async(tensor)
+        if wait is None:
+            pending.wait()
+        else:
+            wait(pending)
 
     def recv_async(self, tensor: torch.Tensor):
         raise NotImplementedError
@@ -36,10 +48,10 @@ class Link:
             wait(pending)
         return tensor
 
-    def send_obj(self, obj) -> None:
+    def send_obj(self, obj, wait=None) -> None:
         data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-        self.send(torch.tensor([data.numel()], dtype=torch.int64))
-        self.send(data)
+        self.send(torch.tensor([data.numel()], dtype=torch.int64), wait)
+        self.send(data, wait)
 
     def recv_obj(self, wait=None):
         size = self.recv(torch.zeros(1, dtype=torch.int64), wait)
@@ -47,14 +59,22 @@ class Link:
         return pickle.loads(data.numpy().tobytes())
 
 
+# Gloo fails any send or receive that waits longer than the group's timeout, and closes the link
+# with it, so a worker idle between requests for that long died. The link therefore never times
+# out by itself: the engine bounds each wait (saguaro.ssd.client), and the worker exits when the
+# engine closes the link or dies (saguaro.ssd.worker.watch_parent). 7 days fits gloo's int32 ms.
+LINK_TIMEOUT = timedelta(days=7)
+
+
 class Channel(Link):
     def __init__(self, host: str, port: int, rank: int, timeout_s: float, store=None):
+        """`timeout_s` bounds the rendezvous only."""
         self.peer = 1 - rank
         timeout = timedelta(seconds=timeout_s)
         if store is None:
             store = dist.TCPStore(host, port, 2, is_master=False, timeout=timeout)
         self.store = store
-        self.pg = dist.ProcessGroupGloo(store, rank, 2, timeout)
+        self.pg = dist.ProcessGroupGloo(store, rank, 2, max(timeout, LINK_TIMEOUT))
 
     @staticmethod
     def listen(host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60.0):
@@ -63,8 +83,10 @@ class Channel(Link):
                               wait_for_workers=False)
         return store, store.port
 
-    def send(self, tensor: torch.Tensor) -> None:
-        self.pg.send([tensor.contiguous()], self.peer, 0).wait()
+    def send_async(self, tensor: torch.Tensor) -> "PendingRecv":
+        """Post a send; a gloo send can block until the peer receives (a stopped worker)."""
+        tensor = tensor.contiguous()
+        return PendingRecv(self.pg.send([tensor], self.peer, 0), keep=tensor)
 
     def recv_async(self, tensor: torch.Tensor) -> "PendingRecv":
         """Post a receive into `tensor`; poll it with done(), collect it with wait()."""
@@ -72,14 +94,15 @@ class Channel(Link):
 
 
 class PendingRecv:
-    """A posted receive that can be polled.
+    """A posted send or receive that can be polled.
 
-    Gloo's receive handles only learn they are complete inside wait(), so a helper thread
-    waits and raises a flag the caller can poll between drafting steps.
+    Gloo's handles only learn they are complete inside wait(), so a helper thread waits and
+    raises a flag the caller can poll between drafting steps (or between liveness checks).
     """
 
-    def __init__(self, work):
+    def __init__(self, work, keep=None):
         self._work = work
+        self._keep = keep  # the buffer gloo reads from must outlive the send
         self._done = threading.Event()
         self._error: BaseException | None = None
         threading.Thread(target=self._run, daemon=True).start()
@@ -114,11 +137,25 @@ class LocalChannel(Link):
         a, b = queue.Queue(), queue.Queue()
         return LocalChannel(a, b), LocalChannel(b, a)
 
-    def send(self, tensor: torch.Tensor) -> None:
+    def send_async(self, tensor: torch.Tensor) -> "LocalPending":
         self.outbox.put(tensor.detach().to("cpu", copy=True))  # the sender may reuse its buffer
+        return SENT
 
     def recv_async(self, tensor: torch.Tensor) -> "LocalPending":
         return LocalPending(self.inbox, tensor)
+
+
+class _Sent:
+    """A LocalChannel send: the queue took the copy, so it is complete at once."""
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        return True
+
+
+SENT = _Sent()
 
 
 class LocalPending:

@@ -1,7 +1,12 @@
 """The engine's handle on the draft worker: start-up, one exchange per round, fault detection.
 
-Every wait polls the worker's liveness and a deadline, so a dead or stalled worker surfaces as a
-WorkerFault instead of a hang; close() never leaves the process behind.
+Every send and receive polls the worker's liveness and a deadline, so a dead or stalled worker
+surfaces as a WorkerFault instead of a hang. The deadline of a round adapts to the rounds measured
+so far, so a busy machine is not taken for a stalled worker. A Ctrl-C that arrives during an
+exchange is held until the exchange completes (the link stays in step and the session usable);
+a second one cuts it short, and the link is then given up. close() asks the worker to stop and
+terminates it only when it does not; the worker also exits on its own when this process dies
+(saguaro.ssd.worker.watch_parent).
 """
 
 from __future__ import annotations
@@ -9,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
 import torch
 
@@ -22,6 +30,14 @@ from saguaro.ssd.protocol import Reply, decode_reply, encode_end, encode_outcome
 from saguaro.ssd.worker import WorkerConfig, worker_thread_main
 
 log = logging.getLogger(__name__)
+STALL_FACTOR = 10  # a round may take this many times the slowest recent round before it is a stall
+RECENT_ROUNDS = 32
+SHUTDOWN_GRACE_S = 5.0  # close(): how long a worker asked to stop may take before it is terminated
+TERMINATE_GRACE_S = 2.0  # then how long SIGTERM may take before SIGKILL
+# The worker process ignores SIGINT from its first line: Ctrl-C in a terminal reaches the whole
+# process group, and stopping is the engine's decision (it sends shutdown, or its link closes).
+_BOOT = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+         "from saguaro.ssd.worker import main; raise SystemExit(main())")
 
 
 def _payload(seqs) -> list:
@@ -41,17 +57,26 @@ class WorkerClient:
                  in_process: bool = False):
         self.timeout_s = timeout_s
         self.healthy = False
+        self.in_sync = True  # False once an exchange was cut short: the next message would be misread
+        self.closed = False
         self.vocab_size_target = cfg_args["target_vocab"]
         self.proc = self.thread = None
+        self.recent_rounds: deque[float] = deque(maxlen=RECENT_ROUNDS)  # seconds from outcome sent to reply
+        self._interrupted: KeyboardInterrupt | None = None  # a Ctrl-C held until the exchange completes
+        self.in_session = False  # between start_batch and end_batch: the worker waits for outcomes
         try:
             if in_process:
                 self.channel = self._start_thread(cfg_args, max(timeout_s, startup_timeout_s))
             else:
                 self.channel = self._start_process(cfg_args, timeout_s, startup_timeout_s)
             ready = self.recv_obj(startup_timeout_s)
+            self._raise_held_interrupt()
         except WorkerFault as e:
             self.close()
             raise ModelLoadError(f"the SSD draft worker failed to start: {e}") from None
+        except BaseException:  # Ctrl-C while the draft loads: do not leave the worker behind
+            self.close()
+            raise
         if not ready.get("ok"):
             self.close()
             raise ModelLoadError(f"the SSD draft worker could not load the draft: {ready.get('error')}")
@@ -62,12 +87,13 @@ class WorkerClient:
     def _start_process(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float) -> Channel:
         host = cfg_args.get("host", "127.0.0.1")
         store, port = Channel.listen(host, 0, startup_timeout_s)
-        cfg = WorkerConfig(port=port, timeout_s=max(timeout_s, startup_timeout_s), **cfg_args)
+        # PR_SET_PDEATHSIG fires when the thread that started the child ends, so the worker asks
+        # for it only when that thread is the main one; the parent-pid watch covers the rest.
+        cfg = WorkerConfig(port=port, timeout_s=max(timeout_s, startup_timeout_s), parent_pid=os.getpid(),
+                           death_signal=threading.current_thread() is threading.main_thread(), **cfg_args)
         # A fresh interpreter (not fork): torch's thread pools do not survive a fork, and the
         # caller's __main__ need not be importable.
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "saguaro.ssd.worker", "--config", json.dumps(dataclasses.asdict(cfg))]
-        )
+        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, "--config", json.dumps(dataclasses.asdict(cfg))])
         return self._rendezvous(host, port, store, startup_timeout_s)
 
     def _start_thread(self, cfg_args: dict, timeout_s: float) -> LocalChannel:
@@ -91,7 +117,7 @@ class WorkerClient:
         thread.start()
         deadline = time.monotonic() + timeout_s
         while thread.is_alive():
-            self._check_alive(deadline)
+            self._check_alive(deadline, timeout_s)
             thread.join(0.05)
         if "error" in box:
             raise WorkerFault(f"rendezvous failed: {box['error']}")
@@ -105,20 +131,43 @@ class WorkerClient:
             return f"worker exited with code {self.proc.returncode}"
         return None
 
-    def _check_alive(self, deadline: float) -> None:
+    def _check_alive(self, deadline: float, timeout_s: float) -> None:
         gone = self._exited()
         if gone:
             raise WorkerFault(gone)
         if time.monotonic() > deadline:
-            raise WorkerFault("worker stopped answering (timeout)")
+            state = " (the process is stopped)" if self._stopped() else ""
+            raise WorkerFault(f"worker stopped answering for {timeout_s:.0f} s{state}")
+
+    def _stopped(self) -> bool:
+        """Whether the worker process is stopped (SIGSTOP, a debugger); Linux only."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+        except (AttributeError, OSError, IndexError):
+            return False
 
     def _wait(self, pending, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while not pending.wait(0.005):
-            self._check_alive(deadline)
+        while True:
+            try:
+                if pending.wait(0.005):
+                    return
+                self._check_alive(deadline, timeout_s)
+            except KeyboardInterrupt as e:  # also the CLI's SIGTERM (saguaro.cli.main.Terminated)
+                if self._interrupted is not None:
+                    raise  # a second Ctrl-C: give up the exchange (and with it the link)
+                self._interrupted = e  # raised again once the exchange is complete (_guard)
+                log.info("interrupt: finishing the exchange with the draft worker first")
 
     def _guarded(self, timeout_s: float | None):
         return lambda pending: self._wait(pending, timeout_s or self.timeout_s)
+
+    def stall_timeout(self) -> float:
+        """How long a round may take: worker_timeout, or 10x the slowest recent round if longer,
+        so rounds slowed by a busy machine (or a big draft) are not taken for a stall."""
+        slowest = max(self.recent_rounds, default=0.0)
+        return max(self.timeout_s, STALL_FACTOR * slowest)
 
     def recv(self, tensor: torch.Tensor, timeout_s: float | None = None) -> torch.Tensor:
         return self.channel.recv(tensor, self._guarded(timeout_s))
@@ -136,77 +185,130 @@ class WorkerClient:
     def start_batch(self, seqs, capacity: int, options: dict, max_batch: int | None = None) -> Reply:
         """Open a session with these sequences; up to `max_batch` rows may take part at once."""
         self._max_batch = max(len(seqs), max_batch or 0)
-        self._guard(lambda: self.channel.send_obj({"cmd": "start", "seqs": _payload(seqs), "capacity": capacity,
-                                                   "max_batch": self._max_batch, **options}))
-        # The first reply includes the worker's start-up measurements and prefill.
-        return self._recv_reply(len(seqs), timeout_s=max(self.timeout_s, 600.0))
+        msg = {"cmd": "start", "seqs": _payload(seqs), "capacity": capacity, "max_batch": self._max_batch, **options}
+
+        def exchange():
+            self.channel.send_obj(msg, self._guarded(self.stall_timeout()))
+            # The first reply includes the worker's start-up measurements and prefill.
+            return self._receive_reply(len(seqs), max(self.stall_timeout(), 600.0))
+
+        reply = self._guard(exchange)
+        self.in_session = True
+        return reply
 
     def round(self, keep: list[bool], outcomes: list[tuple[int, int]], verify_s: float, added=()) -> Reply:
         """keep: a flag per row the worker holds; outcomes of the kept rows, then of the `added`
         sequences, which join the session now (their trunks are sent after the outcomes)."""
         buf = encode_outcomes(self._max_batch, keep, outcomes, int(verify_s * 1e6), len(added))
 
-        def send():
-            self.channel.send(buf)
+        def exchange():
+            start = time.monotonic()
+            timeout_s = self.stall_timeout()
+            self.channel.send(buf, self._guarded(timeout_s))
             if added:
-                self.channel.send_obj({"seqs": _payload(added)})
-
-        self._guard(send)
-        # A join prefills on the worker before it answers.
-        return self._recv_reply(len(outcomes), timeout_s=max(self.timeout_s, 600.0) if added else None)
-
-    def end_batch(self) -> None:
-        if self.healthy:
-            self._guard(lambda: self.channel.send(encode_end(self._max_batch)))
-
-    def _recv_reply(self, rows: int, timeout_s: float | None = None) -> Reply:
-        def receive():
-            head, stats = reply_buffers(self._max_batch)
-            self.recv(head, timeout_s)
-            self.recv(stats, timeout_s)
-            reply = decode_reply(head, stats, rows)
-            count = sum(reply.has_q)
-            if count:
-                k = int(reply.stats["k"])
-                q = self.recv(torch.empty(count, k, self.vocab_size_target, dtype=torch.float32), timeout_s)
-                it = iter(q)
-                reply.q = [next(it)[: len(toks)] if has else None for toks, has in zip(reply.tokens, reply.has_q)]
+                self.channel.send_obj({"seqs": _payload(added)}, self._guarded(timeout_s))
+                # A join prefills on the worker before it answers.
+                return self._receive_reply(len(outcomes), max(timeout_s, 600.0))
+            reply = self._receive_reply(len(outcomes), timeout_s)
+            self.recent_rounds.append(time.monotonic() - start)
             return reply
 
-        return self._guard(receive)
+        return self._guard(exchange)
+
+    def end_batch(self) -> None:
+        if self.healthy and self.in_session:
+            self._guard(lambda: self.channel.send(encode_end(self._max_batch), self._guarded(self.stall_timeout())))
+        self.in_session = False
+
+    def _receive_reply(self, rows: int, timeout_s: float) -> Reply:
+        head, stats = reply_buffers(self._max_batch)
+        self.recv(head, timeout_s)
+        self.recv(stats, timeout_s)
+        reply = decode_reply(head, stats, rows)
+        count = sum(reply.has_q)
+        if count:
+            k = int(reply.stats["k"])
+            q = self.recv(torch.empty(count, k, self.vocab_size_target, dtype=torch.float32), timeout_s)
+            it = iter(q)
+            reply.q = [next(it)[: len(toks)] if has else None for toks, has in zip(reply.tokens, reply.has_q)]
+        return reply
 
     def _guard(self, fn):
+        """Run one whole exchange (every message of it, or none usable): faults become
+        WorkerFault; a Ctrl-C held by _wait is raised once the exchange is complete."""
+        if self.closed:
+            raise WorkerFault("the draft worker was closed")
+        if not self.in_sync:
+            raise WorkerFault("an exchange with the draft worker was interrupted, so the link is out of step")
         try:
-            return fn()
+            result = fn()
         except WorkerFault:
             self.healthy = False
+            self._raise_held_interrupt()  # the user's Ctrl-C wins; the fault shows on the next call
             raise
         except Exception as e:  # gloo raises plain RuntimeErrors when the peer goes away
             self.healthy = False
+            self._raise_held_interrupt()
             gone = self._exited()
             if gone:
                 raise WorkerFault(gone) from e
             raise WorkerFault(f"lost the connection to the worker: {str(e).splitlines()[0][:160]}") from e
+        except BaseException:  # a second Ctrl-C (or SIGTERM) mid-exchange: part of a message may be in flight
+            self.healthy = self.in_sync = False
+            self._interrupted = None
+            raise
+        self._raise_held_interrupt()
+        return result
+
+    def _raise_held_interrupt(self) -> None:
+        held, self._interrupted = self._interrupted, None
+        if held is not None:
+            raise held.with_traceback(None)
 
     def close(self) -> None:
-        if getattr(self, "healthy", False):
+        """Ask the worker to stop and wait for it; terminate it (SIGTERM, then SIGKILL) only if
+        it does not stop in time or the link cannot carry the request. Safe to call twice."""
+        if self.closed:
+            return
+        asked = False
+        try:
+            if self.healthy and self.in_sync:
+                try:
+                    self.end_batch()  # a worker in a session reads outcomes, not commands
+                    self.channel.send_obj({"cmd": "shutdown"}, self._guarded(SHUTDOWN_GRACE_S))
+                    asked = True
+                except Exception as e:  # WorkerFault: it is gone or stuck; stopped below either way
+                    log.debug("could not ask the draft worker to stop: %s", e)
+        finally:
+            self.closed = True
+            self.healthy = False
+            self._stop(asked)
+
+    def _stop(self, asked: bool) -> None:
+        if self.thread is not None:
+            # A thread cannot be killed; it is a daemon and ends with the process.
+            self.thread.join(SHUTDOWN_GRACE_S if asked else 0.5)
+            if self.thread.is_alive():
+                log.warning("the in-process draft worker did not stop; it ends with the process")
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        if asked:
             try:
-                self.channel.send_obj({"cmd": "shutdown"})
-            except Exception:
-                pass
-        self.healthy = False
-        thread = getattr(self, "thread", None)
-        if thread is not None:
-            thread.join(5.0)  # a thread cannot be killed; it is a daemon and ends with the process
-            if thread.is_alive():
-                log.warning("the in-process draft worker did not stop within 5 s")
-        proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.wait(2.0)
+                proc.wait(SHUTDOWN_GRACE_S)
+                return
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5.0)
+                log.warning("the draft worker did not stop within %.0f s; terminating it", SHUTDOWN_GRACE_S)
+        proc.terminate()
+        try:
+            os.kill(proc.pid, signal.SIGCONT)  # a stopped worker acts on SIGTERM only once continued
+        except OSError:
+            pass
+        try:
+            proc.wait(TERMINATE_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
 
     @property
     def pid(self) -> int | None:

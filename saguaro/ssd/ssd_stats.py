@@ -53,6 +53,8 @@ class SSDStats:
     def to_dict(self) -> dict:
         return {
             "hit_rate": self.hits / self.lookups if self.lookups else 0.0,
+            "hits": self.hits,
+            "lookups": self.lookups,
             "hit_rate_by_accepted": {n: self.hits_by_n[n] / c for n, c in sorted(self.lookups_by_n.items())},
             "tokens_per_round_hit": self.tokens_on_hit / self.rounds_on_hit if self.rounds_on_hit else 0.0,
             "tokens_per_round_miss": self.tokens_on_miss / self.rounds_on_miss if self.rounds_on_miss else 0.0,

@@ -2,12 +2,20 @@
 
 Each round it answers the last outcome with the next speculation (a cache hit, or a backup on a
 miss), then drafts the branches for the speculation it just sent until the next outcome arrives.
+
+A worker started by an engine lives only as long as that engine: it stops on the engine's
+shutdown message, when the link closes, or when the engine process dies (PR_SET_PDEATHSIG plus a
+parent-pid watch, so even a `kill -9` of the engine leaves no worker behind). It ignores SIGINT:
+a terminal's Ctrl-C reaches the whole process group, and stopping is the engine's decision.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -44,15 +52,71 @@ class WorkerConfig:
     fault_after_rounds: int | None = None  # testing: the worker dies abruptly after this many rounds
     static_shapes: bool = False  # capture-ready draft forwards (saguaro.engine.runner)
     log_level: int = logging.WARNING
+    parent_pid: int | None = None  # the engine's process: exit when it is gone (None: started by hand)
+    death_signal: bool = False  # also ask Linux for SIGTERM when the parent dies (PR_SET_PDEATHSIG)
 
 
-def worker_main(cfg: WorkerConfig) -> None:
-    """Process entry point."""
+PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.5
+
+
+def worker_main(cfg: WorkerConfig) -> int:
+    """Process entry point. Returns the exit status: 0 after a shutdown or once the engine is gone."""
     logging.basicConfig(level=cfg.log_level, format="%(asctime)s saguaro-worker %(levelname)s %(message)s")
+    if cfg.parent_pid is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        watch_parent(cfg.parent_pid, cfg.death_signal)
     from saguaro.ssd.placement import pin_process
 
     pin_process(cfg.cores)
-    serve(cfg, Channel(cfg.host, cfg.port, rank=1, timeout_s=cfg.timeout_s), in_process=False)
+    try:
+        serve(cfg, Channel(cfg.host, cfg.port, rank=1, timeout_s=cfg.timeout_s), in_process=False)
+    except Exception as e:
+        if cfg.parent_pid is None or not _engine_gone(cfg.parent_pid, e):
+            raise
+        # The engine went away (closed its end, or died): nothing is left to draft for.
+        log.info("the engine closed the link (%s); exiting", str(e).splitlines()[0][:160])
+    return 0
+
+
+def watch_parent(parent_pid: int, death_signal: bool) -> None:
+    """Exit as soon as the engine process is gone, even if it was killed with SIGKILL.
+
+    PR_SET_PDEATHSIG (Linux) signals at once, but it fires when the *thread* that started this
+    process ends, so the engine asks for it (`death_signal`) only from its main thread. A thread
+    polling the parent pid covers every other case, and other POSIX systems."""
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+                log.debug("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        except (OSError, AttributeError) as e:
+            log.debug("no prctl: %s", e)
+    if os.getppid() != parent_pid:  # died before the signal was armed
+        os._exit(0)
+
+    def poll() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        log.info("the engine process %d is gone; exiting", parent_pid)
+        os._exit(0)
+
+    threading.Thread(target=poll, daemon=True, name="saguaro-parent-watch").start()
+
+
+def _engine_gone(parent_pid: int, error: Exception) -> bool:
+    """Whether `error` means the engine closed the link or died, rather than a fault of ours."""
+    text = str(error).lower()
+    if any(word in text for word in ("connection", "closed", "reset", "broken pipe", "eof")):
+        return True
+    deadline = time.monotonic() + 2 * PARENT_POLL_S
+    while time.monotonic() < deadline:  # the parent may be exiting right now
+        if os.getppid() != parent_pid:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def worker_thread_main(cfg: WorkerConfig, channel) -> None:
@@ -303,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="saguaro-worker")
     parser.add_argument("--config", required=True, help="WorkerConfig fields as JSON")
     args = parser.parse_args(argv)
-    worker_main(WorkerConfig(**json.loads(args.config)))
-    return 0
+    return worker_main(WorkerConfig(**json.loads(args.config)))
 
 
 def _generator(seed: int | None) -> torch.Generator:

@@ -38,7 +38,15 @@ class StrategyOptions:
     static_shapes: bool = False  # capture-ready forwards for the draft too (saguaro.engine.runner)
 
     def __post_init__(self):
-        if self.mode not in MODES:
+        for name in ("saguaro_c", "worker_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise InvalidRequestError(f"{name} must be a number, got {value!r}")
+        for name in ("draft_head_tokens", "fault_after_rounds"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidRequestError(f"{name} must be an integer or None, got {value!r}")
+        if not isinstance(self.mode, str) or self.mode not in MODES:
             raise InvalidRequestError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.k is not None and not (isinstance(self.k, int) and not isinstance(self.k, bool) and 1 <= self.k <= 16):
             raise InvalidRequestError(f"k must be an integer in 1..16, got {self.k!r}")

@@ -101,8 +101,9 @@ class SSDStrategy(Strategy):
             seq.extra.update(worker_fault=self.fault, fallback="ar")
 
     def close(self) -> None:
-        if self.fallback is None:
-            self._end()  # a session may still be open (the engine closed with requests in flight)
+        # The client ends a session still open (the engine closed with requests in flight) before
+        # asking the worker to stop, and stops it without a warning if the link is unusable.
+        self.pending, self.held, self.keep, self.joined = None, 0, None, []
         self.client.close()
 
     # ---- rounds ---------------------------------------------------------------------------------
