@@ -19,7 +19,8 @@ from saguaro.strategies.base import Strategy
 from saguaro.verify import one_hot_q, verify_greedy, verify_sampled
 
 
-def verify_rows(logits: torch.Tensor, seqs: list[Sequence], proposal: DraftProposal) -> list[tuple[int, int]]:
+def verify_rows(logits: torch.Tensor, seqs: list[Sequence], proposal: DraftProposal, spec: torch.Tensor,
+                lengths: list[int]) -> list[tuple[int, int]]:
     """logits [B, 1 + K, vocab] of the target over [last trunk token, s_1..s_K] per row (rows
     with shorter speculations padded). Returns each row's outcome (n, t) with one host sync,
     which also brings back speculations still on the device (filling proposal.tokens).
@@ -29,8 +30,7 @@ def verify_rows(logits: torch.Tensor, seqs: list[Sequence], proposal: DraftPropo
     exactly len(spec) + 1 uniforms from its own generator, whatever its companions.
     """
     device = logits.device
-    spec, lengths = proposal.padded(device)  # [B, K]
-    width = spec.shape[1]
+    width = spec.shape[1]  # spec [B, K] and lengths: proposal.padded(), as the verify forward fed them
     spec_len = torch.tensor(lengths, dtype=torch.long, device=device)
     rows = RowSampling.of(seqs, device)
     if rows.all_greedy:
@@ -108,7 +108,7 @@ def verify_batch(target: ModelRunner, seqs: list[Sequence], cache: KVCache,
     spec, lengths = proposal.padded(target.device)  # [B, K]
     last = torch.tensor([[s.trunk[-1]] for s in seqs], dtype=torch.long, device=target.device)
     logits = target.feed_tokens(cache, torch.cat([last, spec], dim=1), [n + 1 for n in lengths], all_logits=True)
-    outcomes = verify_rows(logits, seqs, proposal)  # [B, 1 + K, vocab] logits in
+    outcomes = verify_rows(logits, seqs, proposal, spec, lengths)
     for b, (s, (n, _)) in enumerate(zip(seqs, outcomes)):
         s.stats.record(len(proposal.tokens[b]), n)
         cache.truncate(b, old[b] + 1 + n)  # rejected tokens leave the target cache
