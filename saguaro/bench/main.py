@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     serving.add_arguments(p)
     serve_load.add_arguments(p)
     args = p.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a file; it names the folder the JSON and PNG go to")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.max_tokens is None:
         args.max_tokens = {"engine": 64, "serve": 48}.get(args.suite, 128)

@@ -2,7 +2,9 @@
 
 import argparse
 
-from saguaro.bench.main import cpu_flags, print_table, suite_configs
+import pytest
+
+from saguaro.bench.main import cpu_flags, main, print_table, suite_configs
 
 
 def args(**over):
@@ -38,3 +40,13 @@ def test_table_ratios_are_against_llamacpp_ar():
 def test_cpu_flags_keep_the_model_and_simd_flags():
     info = "model name\t: Some CPU\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16 amx_tile\n"
     assert cpu_flags(info) == "Some CPU: avx avx2 fma avx512f avx512_bf16 amx_tile"
+
+
+def test_an_out_that_is_a_file_is_refused_before_running(tmp_path, capsys):
+    taken = tmp_path / "bench_cpu.json"
+    taken.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cpu", "--out", str(taken)])
+    assert exit_info.value.code == 2
+    assert "is a file" in capsys.readouterr().err
+    assert taken.read_text() == "{}"

@@ -14,6 +14,12 @@ from saguaro.testing.random_model import write_random_model
 LINEARS = ("qkv", "o", "gate_up", "down")
 
 
+@pytest.fixture(autouse=True)
+def torch_kernels(monkeypatch):
+    """These tests name PyTorch's kernel classes; test_native.py covers the native choice."""
+    monkeypatch.setenv("SAGUARO_QUANT_KERNELS", "torch")
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return str(write_random_model(tmp_path_factory.mktemp("quant") / "m", seed=5, vocab=48))
