@@ -34,7 +34,7 @@ from saguaro.ssd.branches import BranchDrafter, DraftSequence
 log = logging.getLogger(__name__)
 
 
-def _median_ms(fn, reps: int, stream: torch.cuda.Stream | None) -> float:
+def median_ms(fn, reps: int, stream: torch.cuda.Stream | None) -> float:
     times = []
     for _ in range(reps):
         start = time.perf_counter()
@@ -93,14 +93,14 @@ def measure_components(target: ModelRunner, draft: ModelRunner, args) -> dict:
 
     for k in range(1, 9):
         verify(k)  # warm-up
-    out["verify_ms"] = {k: _median_ms(lambda k=k: verify(k), args.reps, main_stream) for k in range(1, 9)}
+    out["verify_ms"] = {k: median_ms(lambda k=k: verify(k), args.reps, main_stream) for k in range(1, 9)}
     with torch.cuda.stream(worker_stream):
         probe.glue()
-        out["glue_ms"] = _median_ms(probe.glue, args.reps, worker_stream)
+        out["glue_ms"] = median_ms(probe.glue, args.reps, worker_stream)
         out["draft_round_ms"] = {}
         for fan in args.fans:
             probe.round(fan)
-            out["draft_round_ms"][fan * (args.k + 1)] = _median_ms(lambda f=fan: probe.round(f), args.reps, worker_stream)
+            out["draft_round_ms"][fan * (args.k + 1)] = median_ms(lambda f=fan: probe.round(f), args.reps, worker_stream)
     out["draft_step_ms"] = {b: (ms - out["glue_ms"]) / args.k for b, ms in out["draft_round_ms"].items()}
 
     # Concurrency: the worker thread drafts rounds on its stream while this thread verifies.
@@ -119,7 +119,7 @@ def measure_components(target: ModelRunner, draft: ModelRunner, args) -> dict:
     thread = threading.Thread(target=worker_loop, daemon=True)
     thread.start()
     time.sleep(0.2)
-    busy = _median_ms(lambda: verify(args.k), args.reps * 3, main_stream)
+    busy = median_ms(lambda: verify(args.k), args.reps * 3, main_stream)
     stop.set()
     thread.join()
     alone = out["verify_ms"][args.k]
@@ -283,14 +283,19 @@ def kernel_times(target: ModelRunner, draft: ModelRunner, args) -> dict:
             "draft_round_kernels_ms": {f * (args.k + 1): device_ms(lambda f=f: probe.round(f)) for f in args.fans}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m saguaro.bench.gpu_ssd", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_args(p: argparse.ArgumentParser) -> None:
+    """The pair, device, dtype and context of the GPU benchmarks: random weights at real shapes."""
     p.add_argument("--target", default="random:qwen2.5-7b")
     p.add_argument("--draft", default="random:qwen2.5-0.5b")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--context", type=int, default=512)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m saguaro.bench.gpu_ssd", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    model_args(p)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--fans", type=int, nargs="*", default=[1, 2, 4])
     p.add_argument("--reps", type=int, default=20)
@@ -338,9 +343,9 @@ def _guarded(fn, *args):
 def _cpu_components(target: ModelRunner, draft: ModelRunner, args) -> dict:
     verify = VerifyProbe(target, args.context)
     probe = DraftProbe(draft, target.vocab_size, args.context, args.k)
-    rounds = {f * (args.k + 1): _median_ms(lambda f=f: probe.round(f), 2, None) for f in args.fans}
-    glue = _median_ms(probe.glue, 2, None)
-    v = {k: _median_ms(lambda k=k: verify(k), 2, None) for k in range(1, 9)}
+    rounds = {f * (args.k + 1): median_ms(lambda f=f: probe.round(f), 2, None) for f in args.fans}
+    glue = median_ms(probe.glue, 2, None)
+    v = {k: median_ms(lambda k=k: verify(k), 2, None) for k in range(1, 9)}
     b = args.fans[0] * (args.k + 1)
     return {"context": args.context, "k": args.k, "verify_ms": v, "glue_ms": glue, "draft_round_ms": rounds,
             "draft_step_ms": {n: (ms - glue) / args.k for n, ms in rounds.items()},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from saguaro.engine.graphs import MAX_GRAPH_WIDTH, GraphSet, ShapeKey, capture_order, graphs_for
 from saguaro.kv_cache import KVCache
 from saguaro.model.decoder import Decoder
 
@@ -39,7 +40,8 @@ def bucket(n: int, extra=()) -> int:
 
 
 class ModelRunner:
-    def __init__(self, decoder: Decoder, draft: bool = False, static_shapes: bool = False):
+    def __init__(self, decoder: Decoder, draft: bool = False, static_shapes: bool = False,
+                 graphs: GraphSet | None | str = "auto"):
         """`draft`: tokens this model cannot embed (a target's larger vocabulary, e.g. its padding
         rows) are fed as token 0 instead of failing. Only a draft may do this: its proposals are
         verified, so a poorer guess costs speed, never exactness.
@@ -48,12 +50,17 @@ class ModelRunner:
         a bucket (the pool rows after it run as padding), the width to a bucket, and attend over
         the cache's whole capacity with a mask made on the device from a lengths tensor, so a
         forward's shapes repeat from round to round (CUDA graphs, torch.compile).
+
+        `graphs`: where static forwards of up to MAX_GRAPH_WIDTH tokens over the pool's leading
+        rows are captured and replayed (saguaro.engine.graphs); "auto" is CUDA graphs with static
+        shapes on a CUDA device, None is none.
         """
         self.decoder = decoder
         self.device = decoder.device
         self.draft = draft
         self.static_shapes = static_shapes
         self.widths: set[int] = set()  # extra width buckets (register_width)
+        self.graphs = graphs_for(self.device, static_shapes) if graphs == "auto" else graphs
 
     def register_width(self, width: int) -> None:
         """A width this runner will feed often (SD's K + 1): a bucket of its own, not padded."""
@@ -102,7 +109,7 @@ class ModelRunner:
         if not all_logits:
             last = [max(n - 1, 0) for n in counts] + [0] * (rows - b)
             index = torch.tensor(last, device=self.device).unsqueeze(1)  # [rows, 1]
-        logits = self.decoder.forward(self._inputs(tokens), slots, view, slots, mask, logit_index=index)
+        logits = self._forward("all" if all_logits else "last", view, self._inputs(tokens), slots, slots, mask, index)
         for row, n in enumerate(counts):
             cache.advance(row, n)
         logits = logits[:b].float()
@@ -141,6 +148,7 @@ class ModelRunner:
         tokens, positions, slots, mask = (x.to(self.device) for x in (tokens, positions, slots, mask))
         b, t = tokens.shape
         static = self.static_shapes and cache.padded(bucket(b), t)
+        forward = self._exact
         if static:
             view, spare = static
             rows, cap = view.batch, cache.capacity
@@ -149,5 +157,40 @@ class ModelRunner:
             positions = torch.cat([positions, spare_slots])
             slots = torch.cat([slots, spare_slots])
             mask = torch.cat([F.pad(mask, (0, cap - mask.shape[-1])), spare_mask])
-            cache = view
-        return self.decoder.forward(self._inputs(tokens), positions, cache, slots, mask)[:b].float()
+            cache, forward = view, self._forward
+        return forward("at", cache, self._inputs(tokens), positions, slots, mask, None)[:b].float()
+
+    def _exact(self, kind, view, tokens, positions, slots, mask, index) -> torch.Tensor:
+        return self.decoder.forward(tokens, positions, view, slots, mask, logit_index=index)
+
+    def _forward(self, kind: str, view: KVCache, tokens, positions, slots, mask, index) -> torch.Tensor:
+        """The decoder's forward, replayed from a captured graph where this shape has one."""
+        rows, width = tokens.shape
+        if self.graphs is None or view.capacity != mask.shape[-1] or width > MAX_GRAPH_WIDTH or view._start:
+            return self._exact(kind, view, tokens, positions, slots, mask, index)
+
+        fixed = view.window(0, rows)  # its batch stays `rows`, whatever happens to the pool's
+
+        def body(tokens, positions, slots, mask, index=None):  # called under inference mode
+            return self.decoder.compute(tokens, positions, fixed, slots, mask, logit_index=index)
+
+        inputs = dict(tokens=tokens, positions=positions, slots=slots, mask=mask)
+        if index is not None:
+            inputs["index"] = index
+        return self.graphs.forward(ShapeKey(rows, width, kind), view._root, body, **inputs)
+
+    def capture(self, pool: KVCache) -> int:
+        """Capture ahead of time, largest first, the decode and verify graphs of an empty pool's
+        power-of-two batches: one-token feeds and each registered width (SD's K + 1) with all
+        logits. Each capture feeds zeros to temporary rows, then drops them. Returns how many."""
+        if self.graphs is None or pool.batch:
+            return 0
+        rows = [1 << i for i in range(pool.max_rows.bit_length()) if 1 << i <= pool.max_rows]
+        shapes = [(1, "last")] + [(w, "all") for w in self.widths if w <= MAX_GRAPH_WIDTH]
+        keys = capture_order(ShapeKey(r, w, kind) for r in rows for w, kind in shapes if w <= pool.capacity)
+        before = self.graphs.captures
+        for key in keys:
+            self.feed_tokens(pool.add_rows(key.rows), torch.zeros(key.rows, key.width, dtype=torch.long,
+                                                                   device=self.device), all_logits=key.kind == "all")
+            pool.keep_rows([])
+        return self.graphs.captures - before
