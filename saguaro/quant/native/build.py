@@ -84,6 +84,8 @@ def load_kernels() -> bool:
         fresh = not any(folder.glob(f"{NAME}*.so"))
         if fresh:
             log.info("building Saguaro's CPU kernels once (~%d s)", BUILD_SECONDS)
+            if sys.stderr.isatty():  # like the first-use progress bars: a terminal only, never logs or pipes
+                sys.stderr.write(f"first use: building Saguaro's CPU kernels into {folder} (~{BUILD_SECONDS} s)\n")
         start = time.perf_counter()
         cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=flags(), extra_ldflags=["-fopenmp"],
                            build_directory=str(folder), is_python_module=False, verbose=False)
