@@ -138,7 +138,10 @@ class BranchDrafter:
                 self.seqs[b].guesses = g
         guesses = [s.guesses for s in self.seqs]
         width = max(len(g) for g in guesses)
-        padded = [g + [g[0]] * (width - len(g)) for g in guesses]  # pads are scratch, never stored
+        if width == 0:  # the plan's fan-outs give no row a guess (F_K = 0, no speculation)
+            return {"glue_s": t1 - t0, "branch_s": 0.0}
+        # Pads are scratch, never stored; a row without guesses (its fan-outs are all 0) is all pads.
+        padded = [g + [g[0] if g else (0, 0)] * (width - len(g)) for g in guesses]
         tokens = torch.tensor([[t for _, t in g] for g in padded])  # [B, NB]
         settings = RowSampling.of(self.seqs, self.runner.device)
         picked, qs = [], []

@@ -92,3 +92,24 @@ def test_greedy_guesses_are_the_drafts_runners_up(runner):
         logits = runner.feed(runner.new_cache(1, 64), [s.trunk + s.speculation[:n]])[0]
         order = [t for t in logits.argsort(descending=True).tolist() if n == k or t != s.speculation[n]]
         assert [t for m, t in s.guesses if m == n] == order[:fan], n
+
+
+def test_rows_without_guesses_draft_nothing_and_keep_their_neighbours(runner):
+    """A fan-out of 0 at F_K gives a row without speculation no guess at all (the budget can
+    plan that): it is padded as scratch while its neighbour's branches are drafted as usual,
+    and a batch where no row has a guess drafts nothing."""
+    k = 2
+    trunks = [[1, 2, 3, 4, 5], [7, 7, 2]]
+    d = BranchDrafter(runner, runner.vocab_size)
+    seqs = [seq(i, t) for i, t in enumerate(trunks)]
+    d.start(seqs, 512)
+    seqs[0].speculation = d.jit([0], k, [1] * (k + 1))[0].tokens
+    seqs[1].speculation = []
+    d.draft_branches(k, [1, 1, 0])
+    assert seqs[1].guesses == [] and len(seqs[0].guesses) == 2
+    for n, t in seqs[0].guesses:
+        expected = jit_alone(runner, seqs[0].trunk + seqs[0].speculation[:n] + [t], k)
+        assert d.spec_cache.lookup(0, n, t).tokens == expected.tokens
+    seqs[0].speculation = []
+    assert d.draft_branches(k, [1, 1, 0])["branch_s"] == 0.0
+    assert [s.guesses for s in seqs] == [[], []]
