@@ -102,8 +102,9 @@ class Engine:
         self.cache = None  # release the old pool first
         self.cache = self.target.new_cache(0, capacity, max_batch)
         self.strategy.open(max_batch, capacity)
-        if self.target.capture(self.cache):
-            log.info("captured %d CUDA graphs of the target's forwards", self.target.graphs.captures)
+        captured = self.target.capture(self.cache)
+        if captured:
+            log.info("captured %d CUDA graphs of the target's forwards", captured)
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         log.info("KV pool: %d rows x %d slots", max_batch, capacity)
 
