@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from saguaro.bench.roofline import linear_bytes
 from saguaro.quant.grids import grid_from_float
 from saguaro.quant.linear import Int4Linear, Int8Linear
 from saguaro.quant.native.build import isa, load_kernels
@@ -32,14 +33,9 @@ KERNELS = {
 }
 
 
-def weight_bytes(linear) -> int:
-    parts = [linear.weight] + [getattr(linear, name) for name in ("scales", "pairs", "scale") if hasattr(linear, name)]
-    return sum(t.numel() * t.element_size() for t in parts)
-
-
 def copies(make, w: torch.Tensor, grid) -> list:
     first = make(w, grid)
-    return [first] + [make(w, grid) for _ in range(max(1, STREAM_BYTES // weight_bytes(first)) - 1)]
+    return [first] + [make(w, grid) for _ in range(max(1, STREAM_BYTES // linear_bytes(first)) - 1)]
 
 
 def time_calls(linears: list, x: torch.Tensor, calls: int) -> float:
@@ -72,7 +68,7 @@ def bench_shape(name: str, out: int, inp: int, threads: list[int], rows: list[in
                 if (bits, "native") not in times:
                     continue
                 ms = {path: statistics.median(times[(bits, path)]) for path in ("torch", "native")}
-                gbs = weight_bytes(linears[(bits, "native")][0]) / ms["native"] / 1e6
+                gbs = linear_bytes(linears[(bits, "native")][0]) / ms["native"] / 1e6
                 results.append(dict(shape=name, out=out, inp=inp, bits=bits, threads=t, rows=m,
                                     torch_ms=round(ms["torch"], 4), native_ms=round(ms["native"], 4),
                                     speedup=round(ms["torch"] / ms["native"], 2), native_gbs=round(gbs, 1)))

@@ -19,10 +19,15 @@ def measure_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return data.numel() * 4 / best
 
 
+QUANT_SCALES = ("scales", "pairs", "scale")  # native kernels, PyTorch's int4 and its int8 kernel
+
+
+def linear_bytes(linear) -> int:
+    """Bytes a linear streams per call: its weight, and a quantized one's scales (and mins)."""
+    parts = [linear.weight] + [getattr(linear, name) for name in QUANT_SCALES if hasattr(linear, name)]
+    return sum(t.numel() * t.element_size() for t in parts)
+
+
 def weight_bytes_per_token(decoder) -> int:
     """Bytes of weights one decode step streams: every linear (the embedding row is negligible)."""
-    total = 0
-    for linear in decoder.linears():
-        w = linear.weight
-        total += w.numel() * w.element_size()
-    return total
+    return sum(linear_bytes(linear) for linear in decoder.linears())
