@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from saguaro.bench import serve_load, serving
+from saguaro.bench.passes import run_interleaved
 from saguaro.bench.prompts import all_prompts
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -258,14 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = suite_configs(args.suite, args)
     if args.baseline_rev:
         configs = with_baseline(configs, args.baseline_rev, baseline_worktree(args.baseline_rev))
-    passes = []
-    for rep in range(args.repeat):  # interleaved passes, so slow drifts of the machine hit every config
-        passes.append([])
-        for cfg in configs:
-            log.info("running %s (pass %d/%d)", cfg["name"], rep + 1, args.repeat)
-            passes[-1].append(run_config(cfg))
-            log.info("  %.2f tok/s", passes[-1][-1]["tok_s"])
-    results = [merge_passes([p[i] for p in passes]) for i in range(len(configs))]
+    runs = run_interleaved(configs, args.repeat, run_config, lambda r: f"{r['tok_s']:.2f} tok/s")
+    results = [merge_passes(r) for r in runs]
     baseline = {"ar": "hf ar", "sd": "saguaro ar", "ssd": "saguaro ar", "cpu": "llama.cpp ar"}[args.suite]
     if not any(r["name"] == baseline for r in results):  # e.g. --no-llamacpp
         baseline = results[0]["name"]

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from saguaro.bench.passes import run_interleaved
 from saguaro.bench.serving import percentile
 
 log = logging.getLogger(__name__)
@@ -412,17 +413,15 @@ def run_suite(args) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     bodies = [chat_body(text, args.max_tokens) for _, text in all_prompts(args.kinds)]
     configs = server_configs(args)
-    passes = []
-    for rep in range(args.repeat):
-        passes.append([])
-        for cfg in configs:
-            log.info("running %s (pass %d/%d)", cfg["name"], rep + 1, args.repeat)
-            try:
-                passes[-1].append(run_server(cfg, bodies, args.serve_levels, args.per_level))
-            except RuntimeError as e:  # one server that fails to start or serve costs its rows, not the run
-                log.error("%s failed: %s", cfg["name"], e)
-                passes[-1].append({"name": cfg["name"], "config": cfg, "error": str(e)[:3000], "levels": []})
-    results = [merge_passes([p[i] for p in passes]) for i in range(len(configs))]
+
+    def run(cfg: dict) -> dict:
+        try:
+            return run_server(cfg, bodies, args.serve_levels, args.per_level)
+        except RuntimeError as e:  # one server that fails to start or serve costs its rows, not the run
+            log.error("%s failed: %s", cfg["name"], e)
+            return {"name": cfg["name"], "config": cfg, "error": str(e)[:3000], "levels": []}
+
+    results = [merge_passes(r) for r in run_interleaved(configs, args.repeat, run)]
     table = ratio_table(results)
     table += "".join(f"\n{r['name']} failed: {r['error'].splitlines()[0]}" for r in results if r.get("error"))
     note = (f"{args.max_tokens} greedy tokens a request (ignore_eos), {len(bodies)} prompts in turn, "

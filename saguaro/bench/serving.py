@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saguaro.bench.passes import run_interleaved
+
 log = logging.getLogger(__name__)
 
 LEVELS = [1, 4, 8, 16]
@@ -363,15 +365,9 @@ def run_suite(args) -> int:
     if getattr(args, "baseline_rev", None):
         log.warning("--baseline-rev applies to the single-stream suites (the engine suite is new); ignored")
     configs = engine_configs(args)
-    passes = []
-    for rep in range(args.repeat):
-        passes.append([])
-        for cfg in configs:
-            log.info("running %s (pass %d/%d)", cfg["name"], rep + 1, args.repeat)
-            passes[-1].append(run_engine_config(cfg))
-            log.info("  " + ", ".join(f"c={lv['concurrency']}: {lv['aggregate_tok_s']:.2f} tok/s"
-                                      for lv in passes[-1][-1]["levels"]))
-    results = [merge_mode_passes([p[i] for p in passes]) for i in range(len(configs))]
+    runs = run_interleaved(configs, args.repeat, run_engine_config, lambda r: ", ".join(
+        f"c={lv['concurrency']}: {lv['aggregate_tok_s']:.2f} tok/s" for lv in r["levels"]))
+    results = [merge_mode_passes(r) for r in runs]
     table = ratio_table(results)
     note = "\n".join(filter(None, [bar_note(results), f"CPU: {cpu_flags()}"])) + "\n"
     sys.stdout.write(table + "\n" + note)
