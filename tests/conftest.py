@@ -42,3 +42,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A small random model (an HF folder with a toy tokenizer), one per test module."""
+    from saguaro.testing.random_model import write_random_model
+
+    return str(write_random_model(tmp_path_factory.mktemp("tiny") / "m", seed=5))
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tiny_folder, one_torch_thread):
+    """An AR LLM over `tiny_folder` in float32, closed after the module."""
+    from saguaro import LLM
+
+    with LLM(tiny_folder, dtype="float32") as made:
+        yield made

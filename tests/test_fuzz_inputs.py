@@ -18,10 +18,9 @@ import torch
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
-from saguaro import Engine, LLM, SamplingParams  # noqa: E402
+from saguaro import Engine, SamplingParams  # noqa: E402
 from saguaro.cli import main as cli  # noqa: E402
 from saguaro.errors import SaguaroError  # noqa: E402
-from saguaro.testing.random_model import write_random_model  # noqa: E402
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -36,19 +35,8 @@ values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return str(write_random_model(tmp_path_factory.mktemp("fuzz") / "m", seed=5))
-
-
-@pytest.fixture(scope="module")
-def llm(folder, one_torch_thread):
-    with LLM(folder, dtype="float32") as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
-def engine(folder, one_torch_thread):
-    with Engine(folder, dtype="float32", max_batch=2, max_seq_len=48) as made:
+def engine(tiny_folder, one_torch_thread):
+    with Engine(tiny_folder, dtype="float32", max_batch=2, max_seq_len=48) as made:
         yield made
 
 
@@ -76,9 +64,9 @@ prompts = st.one_of(any_text, ids, st.lists(st.one_of(any_text, ids, values), ma
 
 @FUZZ
 @given(prompts, st.one_of(st.none(), small_params, values))
-def test_llm_generate_accepts_or_refuses_clearly(llm, prompt, params):
+def test_llm_generate_accepts_or_refuses_clearly(tiny_llm, prompt, params):
     try:
-        results = llm.generate(prompt, params)
+        results = tiny_llm.generate(prompt, params)
     except SaguaroError:
         return
     assert all(isinstance(r.text, str) for r in results)
@@ -133,11 +121,11 @@ plain_prompt = st.text(alphabet="abc .!", min_size=1, max_size=6).filter(lambda 
        prompt_args=st.lists(st.one_of(plain_prompt, plain_prompt, any_text), max_size=2),
        flags=st.lists(flag, max_size=3),
        stdin=st.sampled_from(["hi\n/exit\n", "\n", "/help\n", "\udcff\n"]))
-def test_cli_exits_0_or_2_with_one_error_line(folder, one_torch_thread, monkeypatch, command, prompt_args, flags,
+def test_cli_exits_0_or_2_with_one_error_line(tiny_folder, one_torch_thread, monkeypatch, command, prompt_args, flags,
                                               stdin):
     argv = [command, *prompt_args, *[part for f in flags for part in f]]
     if "--target" not in argv:
-        argv += ["--target", folder, "--max-tokens", "2"]  # the later flag wins: a few tokens
+        argv += ["--target", tiny_folder, "--max-tokens", "2"]  # the later flag wins: a few tokens
     out, err = io.StringIO(), io.StringIO()
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     threads = torch.get_num_threads()

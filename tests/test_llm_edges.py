@@ -11,20 +11,8 @@ import pytest
 
 from saguaro import LLM, Engine, SamplingParams
 from saguaro.errors import ClosedError, InvalidRequestError, SaguaroError, UnsupportedEnvironmentError
-from saguaro.testing.random_model import write_random_model
 
 FEW = SamplingParams(max_tokens=3, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return str(write_random_model(tmp_path_factory.mktemp("edges") / "m", seed=3))
-
-
-@pytest.fixture(scope="module")
-def llm(folder, one_torch_thread):
-    with LLM(folder, dtype="float32") as made:
-        yield made
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -49,20 +37,20 @@ def test_bad_constructor_arguments_fail_before_loading(kwargs, error):
     5, None, 1.5, b"bytes", {"a": 1}, [[True, False]], [True, False], [[1, [2]]], [1.5], ["a", 3], [[]], [],
     "", "\ud800", "ok \udcff", [[-1]], [[10**30]],
 ])
-def test_bad_prompts_are_invalid_requests(llm, prompts):
+def test_bad_prompts_are_invalid_requests(tiny_llm, prompts):
     with pytest.raises(InvalidRequestError):
-        llm.generate(prompts, FEW)
+        tiny_llm.generate(prompts, FEW)
 
 
 @pytest.mark.parametrize("messages", [None, [], "hi", [{"role": "user"}], [{"role": "user", "content": 5}],
                                       [{"role": "user", "content": "\ud800"}], [5]])
-def test_bad_chat_messages_are_invalid_requests(llm, messages):
+def test_bad_chat_messages_are_invalid_requests(tiny_llm, messages):
     with pytest.raises(InvalidRequestError):
-        llm.chat(messages, FEW)
+        tiny_llm.chat(messages, FEW)
 
 
-def test_engine_add_request_and_abort_edges(folder, one_torch_thread):
-    with Engine(folder, dtype="float32", max_batch=1, max_seq_len=32) as engine:
+def test_engine_add_request_and_abort_edges(tiny_folder, one_torch_thread):
+    with Engine(tiny_folder, dtype="float32", max_batch=1, max_seq_len=32) as engine:
         for bad in (None, 5, "\ud800", [True], ["a"]):
             with pytest.raises(InvalidRequestError):
                 engine.add_request(bad, FEW)
@@ -79,8 +67,8 @@ def test_engine_add_request_and_abort_edges(folder, one_torch_thread):
         engine.step()
 
 
-def test_calls_after_close_raise_closed(folder, one_torch_thread):
-    made = LLM(folder, dtype="float32")
+def test_calls_after_close_raise_closed(tiny_folder, one_torch_thread):
+    made = LLM(tiny_folder, dtype="float32")
     made.close()
     made.close()
     for call in (lambda: made.generate("hi", FEW), lambda: list(made.stream("hi", FEW)),
@@ -90,13 +78,13 @@ def test_calls_after_close_raise_closed(folder, one_torch_thread):
     assert issubclass(ClosedError, SaguaroError)
 
 
-def test_threads_are_serialised(llm):
+def test_threads_are_serialised(tiny_llm):
     results, errors = [], []
 
     def work(seed):
         try:
             for i in range(3):
-                results.append(llm.generate("hi", SamplingParams(max_tokens=4, seed=seed + i, ignore_eos=True))[0])
+                results.append(tiny_llm.generate("hi", SamplingParams(max_tokens=4, seed=seed + i, ignore_eos=True))[0])
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -109,10 +97,10 @@ def test_threads_are_serialised(llm):
     assert all(len(r.token_ids) == 4 for r in results)
 
 
-def test_a_call_inside_an_open_stream_of_the_same_thread_is_refused_not_deadlocked(llm):
-    stream = llm.stream("hi", SamplingParams(max_tokens=20, ignore_eos=True))
+def test_a_call_inside_an_open_stream_of_the_same_thread_is_refused_not_deadlocked(tiny_llm):
+    stream = tiny_llm.stream("hi", SamplingParams(max_tokens=20, ignore_eos=True))
     next(stream)
     with pytest.raises(InvalidRequestError, match="already running"):
-        llm.generate("hi", FEW)
+        tiny_llm.generate("hi", FEW)
     stream.close()  # releases the LLM
-    assert llm.generate("hi", FEW)[0].token_ids
+    assert tiny_llm.generate("hi", FEW)[0].token_ids
