@@ -9,7 +9,7 @@ import torch
 
 from saguaro.errors import InvalidRequestError
 from saguaro.sampling.params import SamplingParams
-from saguaro.sampling.rows import RowSampling, inverse_cdf  # noqa: F401  (inverse_cdf re-exported)
+from saguaro.sampling.rows import RowSampling, draw, inverse_cdf  # noqa: F401  (inverse_cdf re-exported)
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -30,12 +30,8 @@ def probs_for_params(logits: torch.Tensor, params: SamplingParams) -> torch.Tens
 
 
 def draw_uniforms(generators: list[torch.Generator], count: int, device: torch.device | str) -> torch.Tensor:
-    """`count` uniforms in [0, 1) per sequence, each row from that sequence's own generator.
-
-    float64 so that inverse-CDF sampling resolves tiny probabilities. Each generator draws on its
-    own device (a CPU generator serves CUDA rows too); the uniforms then move to `device`.
-    """
-    rows = [torch.rand(count, generator=g, device=g.device, dtype=torch.float64).to(device) for g in generators]
+    """`count` uniforms per sequence, each row from that sequence's own generator (`draw`)."""
+    rows = [draw(g, count, device) for g in generators]
     if not rows:
         return torch.empty(0, count, dtype=torch.float64, device=device)
     return torch.stack(rows)  # [batch, count]

@@ -96,7 +96,7 @@ class RowSampling:
         for g, greedy, n in zip(self.generators, self.greedy_rows, counts):
             row = torch.full((width,), GREEDY_UNIFORM, dtype=torch.float64, device=self.device)
             if not greedy and n:
-                row[:n] = torch.rand(n, generator=g, device=g.device, dtype=torch.float64).to(self.device)
+                row[:n] = draw(g, n, self.device)
             rows.append(row)
         if not rows:
             return torch.empty(0, width, dtype=torch.float64, device=self.device)
@@ -118,6 +118,15 @@ class RowSampling:
 def _one_hot_argmax(logits: torch.Tensor) -> torch.Tensor:
     probs = torch.zeros_like(logits, dtype=torch.float32)
     return probs.scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+
+
+def draw(generator: torch.Generator, count: int, device: torch.device | str) -> torch.Tensor:
+    """`count` uniforms in [0, 1) from one sequence's generator, float64 [count] on `device`.
+
+    float64 so that inverse-CDF sampling resolves tiny probabilities. The generator draws on its
+    own device (a CPU generator serves CUDA rows too); the uniforms then move to `device`.
+    """
+    return torch.rand(count, generator=generator, device=generator.device, dtype=torch.float64).to(device)
 
 
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
