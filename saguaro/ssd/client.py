@@ -26,6 +26,7 @@ import torch
 
 from saguaro.errors import InvalidRequestError, ModelLoadError
 from saguaro.ssd.channel import Channel, LocalChannel
+from saguaro.ssd.held_signals import held_signals
 from saguaro.ssd.protocol import Reply, decode_reply, encode_end, encode_outcomes, reply_buffers
 from saguaro.ssd.worker import WorkerConfig, worker_thread_main
 
@@ -62,15 +63,14 @@ class WorkerClient:
         self.vocab_size_target = cfg_args["target_vocab"]
         self.proc = self.thread = None
         self.recent_rounds: deque[float] = deque(maxlen=RECENT_ROUNDS)  # seconds from outcome sent to reply
-        self._interrupted: KeyboardInterrupt | None = None  # a Ctrl-C held until the exchange completes
         self.in_session = False  # between start_batch and end_batch: the worker waits for outcomes
         try:
             if in_process:
                 self.channel = self._start_thread(cfg_args, max(timeout_s, startup_timeout_s))
             else:
                 self.channel = self._start_process(cfg_args, timeout_s, startup_timeout_s)
-            ready = self.recv_obj(startup_timeout_s)
-            self._raise_held_interrupt()
+            with held_signals():
+                ready = self.recv_obj(startup_timeout_s)
         except WorkerFault as e:
             self.close()
             raise ModelLoadError(f"the SSD draft worker failed to start: {e}") from None
@@ -149,16 +149,8 @@ class WorkerClient:
 
     def _wait(self, pending, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if pending.wait(0.005):
-                    return
-                self._check_alive(deadline, timeout_s)
-            except KeyboardInterrupt as e:  # also the CLI's SIGTERM (saguaro.cli.main.Terminated)
-                if self._interrupted is not None:
-                    raise  # a second Ctrl-C: give up the exchange (and with it the link)
-                self._interrupted = e  # raised again once the exchange is complete (_guard)
-                log.info("interrupt: finishing the exchange with the draft worker first")
+        while not pending.wait(0.005):
+            self._check_alive(deadline, timeout_s)
 
     def _guarded(self, timeout_s: float | None):
         return lambda pending: self._wait(pending, timeout_s or self.timeout_s)
@@ -235,35 +227,27 @@ class WorkerClient:
 
     def _guard(self, fn):
         """Run one whole exchange (every message of it, or none usable): faults become
-        WorkerFault; a Ctrl-C held by _wait is raised once the exchange is complete."""
+        WorkerFault; a Ctrl-C or SIGTERM is held until the exchange is complete (a held one
+        wins over a fault, which then shows on the next call)."""
         if self.closed:
             raise WorkerFault("the draft worker was closed")
         if not self.in_sync:
             raise WorkerFault("an exchange with the draft worker was interrupted, so the link is out of step")
-        try:
-            result = fn()
-        except WorkerFault:
-            self.healthy = False
-            self._raise_held_interrupt()  # the user's Ctrl-C wins; the fault shows on the next call
-            raise
-        except Exception as e:  # gloo raises plain RuntimeErrors when the peer goes away
-            self.healthy = False
-            self._raise_held_interrupt()
-            gone = self._exited()
-            if gone:
-                raise WorkerFault(gone) from e
-            raise WorkerFault(f"lost the connection to the worker: {str(e).splitlines()[0][:160]}") from e
-        except BaseException:  # a second Ctrl-C (or SIGTERM) mid-exchange: part of a message may be in flight
-            self.healthy = self.in_sync = False
-            self._interrupted = None
-            raise
-        self._raise_held_interrupt()
-        return result
-
-    def _raise_held_interrupt(self) -> None:
-        held, self._interrupted = self._interrupted, None
-        if held is not None:
-            raise held.with_traceback(None)
+        with held_signals():
+            try:
+                return fn()
+            except WorkerFault:
+                self.healthy = False
+                raise
+            except Exception as e:  # gloo raises plain RuntimeErrors when the peer goes away
+                self.healthy = False
+                gone = self._exited()
+                if gone:
+                    raise WorkerFault(gone) from e
+                raise WorkerFault(f"lost the connection to the worker: {str(e).splitlines()[0][:160]}") from e
+            except BaseException:  # a second Ctrl-C (or SIGTERM) mid-exchange: part of a message may be in flight
+                self.healthy = self.in_sync = False
+                raise
 
     def close(self) -> None:
         """Ask the worker to stop and wait for it; terminate it (SIGTERM, then SIGKILL) only if

@@ -97,6 +97,48 @@ def test_ctrl_c_during_an_exchange_is_raised_after_it_and_the_link_stays_in_step
         client.close()
 
 
+def test_ctrl_c_between_the_messages_of_an_exchange_is_held_too(monkeypatch):
+    # The signal lands while a receive is being posted, outside any wait: the CI failure of a
+    # Ctrl-C in an SSD chat (the link went out of step and SSD fell back to AR).
+    client = make_client(monkeypatch, [0.0], timeout_s=5.0)
+    post = client.channel.recv_async
+
+    def post_then_interrupt(tensor):
+        pending = post(tensor)
+        if not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at the next bytecode
+        return pending
+
+    fired: list[bool] = []
+    monkeypatch.setattr(client.channel, "recv_async", post_then_interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.round([True], [(0, 1)], 0.0)
+        assert fired and client.in_sync and client.healthy
+        assert client.round([True], [(0, 1)], 0.0).tokens == [[]]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        client.close()
+
+
+def test_a_second_ctrl_c_gives_the_exchange_up(monkeypatch):
+    client = make_client(monkeypatch, [5.0], timeout_s=10.0)
+    try:
+        for delay in (0.1, 0.3):
+            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            client.round([True], [(0, 1)], 0.0)
+        assert time.monotonic() - start < 2.0
+        assert not client.in_sync and not client.healthy
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(WorkerFault, match="out of step"):
+            client.round([True], [(0, 1)], 0.0)
+    finally:
+        client.close()
+
+
 def test_calls_after_close_are_refused(monkeypatch):
     client = make_client(monkeypatch, [0.0], timeout_s=1.0)
     client.end_batch()
