@@ -1,5 +1,8 @@
 """Quantized matmul kernels, Saguaro's native ones against PyTorch's, on the bundled target's shapes.
 
+int6 (the file's Q6_K tensors) is compared with what those tensors run as on PyTorch's kernels,
+int8 per channel; the int8 rows also show Saguaro's own int8, which they ran as before int6.
+
 Each kernel cycles over enough weight copies that every call streams its weights from memory, as
 decoding does; kernels are timed in interleaved passes and the median pass is reported, so a
 busy neighbour on the same cores disturbs all of them alike.
@@ -17,20 +20,22 @@ import time
 import torch
 
 from saguaro.bench.roofline import linear_bytes
-from saguaro.quant.grids import grid_from_float
+from saguaro.quant.grids import Int6Grid, grid_from_float
 from saguaro.quant.linear import Int4Linear, Int8Linear
 from saguaro.quant.native.build import isa, load_kernels
-from saguaro.quant.native.linear import NativeInt4Linear, NativeInt8Linear
+from saguaro.quant.native.linear import NativeInt4Linear, NativeInt6Linear, NativeInt8Linear
 
 # (name, out, in) of Qwen2.5-Coder-1.5B's linears
 SHAPES = [("gate_up", 17920, 1536), ("down", 1536, 8960), ("qkv", 2048, 1536), ("head", 151936, 1536)]
 STREAM_BYTES = 256 << 20  # weights cycled per kernel: far beyond any cache
-KERNELS = {
-    ("int4", "torch"): lambda w, g: Int4Linear(g, torch.bfloat16),
-    ("int4", "native"): lambda w, g: NativeInt4Linear(g, torch.bfloat16),
+KERNELS = {  # (bits, path) -> a linear from the float weight and its int4 and int6 grids
+    ("int4", "torch"): lambda w, g: Int4Linear(g["int4"], torch.bfloat16),
+    ("int4", "native"): lambda w, g: NativeInt4Linear(g["int4"], torch.bfloat16),
     ("int8", "torch"): lambda w, g: Int8Linear(w, torch.bfloat16),
     ("int8", "native"): lambda w, g: NativeInt8Linear(w, torch.bfloat16),
+    ("int6", "native"): lambda w, g: NativeInt6Linear(g["int6"], torch.bfloat16),
 }
+BASELINE = {"int4": ("int4", "torch"), "int6": ("int8", "torch"), "int8": ("int8", "torch")}
 
 
 def copies(make, w: torch.Tensor, grid) -> list:
@@ -48,10 +53,11 @@ def time_calls(linears: list, x: torch.Tensor, calls: int) -> float:
 
 def bench_shape(name: str, out: int, inp: int, threads: list[int], rows: list[int], repeats: int) -> list[dict]:
     w = torch.randn(out, inp) * 0.02
-    grid = grid_from_float(w, 32)
-    kinds = [k for k in KERNELS if not (name == "head" and k[0] == "int4")]  # the target's head is int8
-    linears = {k: copies(KERNELS[k], w, grid) for k in kinds}
-    del w, grid
+    six = Int6Grid(torch.randint(0, 64, (out, inp), dtype=torch.uint8), torch.rand(out, inp // 16) * 1e-3)
+    grids = {"int4": grid_from_float(w, 32), "int6": six}
+    kinds = [k for k in KERNELS if not (name == "head" and k[0] == "int4")]  # the target's head is int6/int8
+    linears = {k: copies(KERNELS[k], w, grids) for k in kinds}
+    del w, grids, six
     results = []
     for t in threads:
         torch.set_num_threads(t)
@@ -64,10 +70,11 @@ def bench_shape(name: str, out: int, inp: int, threads: list[int], rows: list[in
             for _ in range(repeats):
                 for k in kinds:
                     times[k].append(time_calls(linears[k], x, calls))
-            for bits in ("int4", "int8"):
+            for bits in ("int4", "int6", "int8"):
                 if (bits, "native") not in times:
                     continue
-                ms = {path: statistics.median(times[(bits, path)]) for path in ("torch", "native")}
+                ms = {"torch": statistics.median(times[BASELINE[bits]]),
+                      "native": statistics.median(times[(bits, "native")])}
                 gbs = linear_bytes(linears[(bits, "native")][0]) / ms["native"] / 1e6
                 results.append(dict(shape=name, out=out, inp=inp, bits=bits, threads=t, rows=m,
                                     torch_ms=round(ms["torch"], 4), native_ms=round(ms["native"], 4),

@@ -84,11 +84,11 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
 def _quantize(loaded: LoadedModel, scheme: str, same_head: bool) -> str:
     bits, grids = {}, {}
     if loaded.gguf is not None:
-        from saguaro.quant.gguf_native import q4_k_grids, source_bits
+        from saguaro.quant.gguf_native import native_grids, source_bits
 
         bits = source_bits(loaded.gguf)
         if resolve_scheme(scheme, bits) == "int4":
-            grids = q4_k_grids(loaded.gguf, loaded.config)
+            grids = native_grids(loaded.gguf, loaded.config)
     return quantize_decoder(loaded.decoder, scheme, bits, grids, same_head)
 
 

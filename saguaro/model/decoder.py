@@ -5,6 +5,9 @@ Weights are fused at construction (QKV in one matrix, gate and up in one) to cut
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +21,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """The elementwise steps between a layer's matmuls. PyTorch's ops by default; the native
+    quantize transform swaps in fused C++ ones (saguaro.quant.native.glue)."""
+
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # x, cos, sin
+    write_kv: Callable[[KVCache, int, torch.Tensor, torch.Tensor, torch.Tensor], None]  # cache, layer, slots, k, v
+
+
+TORCH_OPS = LayerOps(rms_norm, apply_rotary, KVCache.write)
 
 
 class Linear:
@@ -63,6 +79,7 @@ class Decoder:
         self.lm_head = Linear(weights.get("lm_head", self.embed))  # [vocab, hidden]
         self.layers = [Layer(weights_of(weights, i)) for i in range(cfg.num_layers)]
         self.rotary = Rotary(cfg, self.device, dtype)
+        self.ops = TORCH_OPS
 
     def linears(self) -> list[Linear]:
         return [l for layer in self.layers for l in layer.linears()] + [self.lm_head]
@@ -112,29 +129,30 @@ class Decoder:
         # (row r * T + i is head j*rep + r at token i); the mask is repeated to match.
         rep = cfg.num_heads // cfg.num_kv_heads
         attn_mask = mask.unsqueeze(1).expand(b, rep, t, kv_len).reshape(b, 1, rep * t, kv_len)
+        ops = self.ops
         for i, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
+            h = ops.rms_norm(x, layer.input_norm, cfg.rms_norm_eps)
             qkv = layer.qkv(h)  # [B, T, q_size + 2 kv_size]
             q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
             q = q.view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)  # [B, heads, T, hd]
             k = k.view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
             v = v.view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
             if layer.q_norm is not None:
-                q = rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
-                k = rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            cache.write(i, slots, k, v)
+                q = ops.rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
+                k = ops.rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
+            q, k = ops.rotary(q, cos, sin), ops.rotary(k, cos, sin)
+            ops.write_kv(cache, i, slots, k, v)
             keys, values = cache.view(i, kv_len)  # [B, kv_heads, kv_len, hd]
             q = q.reshape(b, cfg.num_kv_heads, rep * t, cfg.head_dim)
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)  # [B, kv_heads, rep * T, hd]
             a = a.reshape(b, cfg.num_heads, t, cfg.head_dim).transpose(1, 2).reshape(b, t, cfg.q_size)
             x = x + layer.o(a)
-            h = rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
+            h = ops.rms_norm(x, layer.post_norm, cfg.rms_norm_eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         if logit_index is not None:
             x = x.gather(1, logit_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = rms_norm(x, self.final_norm, cfg.rms_norm_eps)
+        x = ops.rms_norm(x, self.final_norm, cfg.rms_norm_eps)
         return self.lm_head(x)
 
 

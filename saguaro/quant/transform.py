@@ -1,8 +1,10 @@
-"""The quantize transform: swaps a built decoder's linears for int4 or int8 weight-only kernels.
+"""The quantize transform: swaps a built decoder's linears for int4, int6 or int8 weight-only kernels.
 
 Applied after loading, like packing. "auto" keeps a GGUF at about its own precision (int4 for a
-Q4_K_M file, int8 for Q8_0) and a float checkpoint in its float dtype. The linears run on
-Saguaro's native kernels where they build (saguaro.quant.native), else on PyTorch's.
+Q4_K_M file, its Q6_K tensors at int6 on their own grid; int8 for Q8_0) and a float checkpoint in
+its float dtype. The linears run on Saguaro's native kernels where they build
+(saguaro.quant.native), else on PyTorch's (which have no int6: those tensors run as int8). On the
+native kernels the decoder's norms, rotary embeddings and cache writes run fused too.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import torch
 from saguaro.errors import InvalidRequestError
 from saguaro.loading.weights import layer_parts
 from saguaro.model.decoder import Decoder, Linear
-from saguaro.quant.grids import Int4Grid, concat_grids, grid_from_float
+from saguaro.quant.grids import Int4Grid, Int6Grid, concat_grids, grid_from_float, map_rows
 from saguaro.quant.linear import Int4Linear, Int8Linear
-from saguaro.quant.native import use_native
-from saguaro.quant.native.linear import NativeInt4Linear, NativeInt8Linear, supports
+from saguaro.quant.native import glue, use_native
+from saguaro.quant.native.linear import NativeInt4Linear, NativeInt6Linear, NativeInt8Linear, fits_fp16, supports
 
 log = logging.getLogger(__name__)
 SCHEMES = ("auto", "none", "int8", "int4")
@@ -44,22 +46,35 @@ def resolve_scheme(scheme: str, bits: dict[str, int]) -> str:
     return "int4" if typical <= 5 else "int8" if typical <= 8 else "none"
 
 
-def _int4_grid(weight: torch.Tensor, parts: list[tuple[str, int]], grids: dict[str, Int4Grid]) -> Int4Grid:
+def _int4_grid(weight: torch.Tensor, parts: list[tuple[str, int]], grids: dict) -> Int4Grid:
     rows = torch.split(weight, [n for _, n in parts])
-    return concat_grids([grids.get(name) or grid_from_float(w, GROUP) for (name, _), w in zip(parts, rows)])
+    return concat_grids([g if isinstance(g := grids.get(name), Int4Grid) else grid_from_float(w, GROUP)
+                         for (name, _), w in zip(parts, rows)])
 
 
-def _quantized(linear: Linear, scheme: str, parts, dtype, bits: dict[str, int], grids: dict[str, Int4Grid],
+def _int6_grid(parts: list[tuple[str, int]], grids: dict) -> Int6Grid | None:
+    """The parts' own int6 grids fused, when every part has one the kernel can hold."""
+    own = [grids.get(name) for name, _ in parts]
+    if all(isinstance(g, Int6Grid) and fits_fp16(g) for g in own):
+        return concat_grids(own)
+    return None
+
+
+def _quantized(linear: Linear, scheme: str, parts, dtype, bits: dict[str, int], grids: dict,
                native: bool) -> Linear:
+    """scheme: int4 (parts the file keeps wider at int6 where they are Q6_K, else int8), int6 (int6
+    where the parts are Q6_K, else int8) or int8."""
     inp = linear.weight.shape[1]
     native = native and supports(inp)  # else this one linear runs on PyTorch's kernel
-    if scheme == "int8" or inp % GROUP or any(bits.get(n, 0) >= WIDE_BITS for n, _ in parts):
+    if scheme != "int4" or inp % GROUP or any(bits.get(n, 0) >= WIDE_BITS for n, _ in parts):
+        if scheme != "int8" and native and (six := _int6_grid(parts, grids)) is not None:
+            return NativeInt6Linear(six, dtype, linear.bias)
         return (NativeInt8Linear if native else Int8Linear)(linear.weight, dtype, linear.bias)
     return (NativeInt4Linear if native else Int4Linear)(_int4_grid(linear.weight, parts, grids), dtype, linear.bias)
 
 
 def quantize_decoder(decoder: Decoder, scheme: str, bits: dict[str, int] | None = None,
-                     grids: dict[str, Int4Grid] | None = None, same_head: bool = False) -> str:
+                     grids: dict | None = None, same_head: bool = False) -> str:
     """Quantize in place; returns the scheme applied. `bits` and `grids` come from a GGUF file
     (saguaro.quant.gguf_native); without them every weight is quantized from its float values.
     `same_head` gives the LM head the layers' scheme: for drafts, whose precision moves only
@@ -71,27 +86,32 @@ def quantize_decoder(decoder: Decoder, scheme: str, bits: dict[str, int] | None 
     if decoder.device.type != "cpu":
         raise InvalidRequestError(f"quantize={scheme} runs on CPU only; use quantize='none' on {decoder.device}")
     native = use_native()
+    if native and decoder.dtype in glue.DTYPES:
+        decoder.ops = glue.native_ops()
     for i, layer in enumerate(decoder.layers):
         for attr, parts in layer_parts(decoder.cfg, i).items():
             weights = [(name + ".weight", rows) for name, rows in parts]
             quantized = _quantized(getattr(layer, attr), scheme, weights, decoder.dtype, bits, grids, native)
             setattr(layer, attr, quantized)
     head_name = "lm_head.weight" if "lm_head.weight" in bits else "model.embed_tokens.weight"
-    # The head decides every token: int4 only where the file itself stores it at 4 bits.
-    head_scheme = "int4" if scheme == "int4" and (same_head or head_name in grids) else "int8"
+    # The head decides every token: int4 only where the file itself stores it at 4 bits, int6
+    # where it stores it as Q6_K.
+    head_grid = grids.get(head_name)
+    head_scheme = "int8"
+    if scheme == "int4" and (same_head or isinstance(head_grid, Int4Grid)):
+        head_scheme = "int4"
+    elif scheme == "int4" and isinstance(head_grid, Int6Grid):
+        head_scheme = "int6"
     head = decoder.lm_head
     if hasattr(head, "inner"):  # a vocabulary-subset head: its rows are a subset of the file's
-        head_grids = {head_name: _take_rows(grids[head_name], head.keep)} if head_name in grids else {}
+        keep = head.keep.cpu()
+        head_grids = {head_name: map_rows(head_grid, lambda t: t[keep])} if head_grid is not None else {}
         head.inner = _quantized(head.inner, head_scheme, [(head_name, head.inner.weight.shape[0])],
                                 decoder.dtype, {}, head_grids, native)
     else:
         decoder.lm_head = _quantized(head, head_scheme, [(head_name, head.weight.shape[0])], decoder.dtype, {}, grids,
                                      native)
-    log.info("quantized %s linears to %s (head %s) on %s kernels", decoder.cfg.model_type, scheme, head_scheme,
-             "Saguaro's" if native else "PyTorch's")
+    head = getattr(decoder.lm_head, "inner", decoder.lm_head)
+    log.info("quantized %s linears to %s (head %s) on %s kernels", decoder.cfg.model_type, scheme,
+             type(head).__name__, "Saguaro's" if native else "PyTorch's")
     return scheme
-
-
-def _take_rows(grid: Int4Grid, rows: torch.Tensor) -> Int4Grid:
-    rows = rows.cpu()
-    return Int4Grid(grid.q[rows], grid.scale[rows], grid.offset[rows], grid.group)

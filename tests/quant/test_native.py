@@ -10,10 +10,10 @@ import torch
 from saguaro.errors import UnsupportedEnvironmentError
 from saguaro.loading.loader import load_model
 from saguaro.quant import native as native_choice
-from saguaro.quant.grids import grid_from_float
+from saguaro.quant.grids import Int6Grid, grid_from_float
 from saguaro.quant.linear import Int4Linear, Int8Linear
 from saguaro.quant.native import build
-from saguaro.quant.native.linear import NativeInt4Linear, NativeInt8Linear, int8_blocks
+from saguaro.quant.native.linear import NativeInt4Linear, NativeInt6Linear, NativeInt8Linear, int8_blocks
 from saguaro.quant.transform import quantize_decoder
 from saguaro.testing.random_model import write_random_model
 
@@ -43,6 +43,16 @@ def int8_weight(w: torch.Tensor) -> torch.Tensor:
     return (blocks(q.float()) * scale.float().unsqueeze(-1)).reshape(w.shape)
 
 
+def int6_grid(out: int, inp: int) -> Int6Grid:
+    """A Q6_K-like grid: codes over the whole 0..63, signed scales per 16 columns."""
+    q = torch.randint(0, 64, (out, inp), generator=G, dtype=torch.uint8)
+    return Int6Grid(q, torch.randn(out, inp // 16, generator=G) * 0.01)
+
+
+def int6_weight(grid: Int6Grid) -> torch.Tensor:
+    return (grid.q.float() - 32) * grid.scale.half().float().repeat_interleave(16, dim=1)
+
+
 def rounding_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """[M, out] bound on |x·wᵀ − x_q·wᵀ| from rounding x to int8 per block: each x is off by at
     most half its block's step max|x| / 127."""
@@ -66,13 +76,15 @@ def int8_activations(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(b * inv) * (amax / 127)).reshape(x.shape)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [4, 6, 8])
 def test_the_kernel_is_exact_integer_math_up_to_fp32_sums(bits):
     """Against the rounded activations themselves: any difference in rounding would show."""
     w = torch.randn(33, 1056, generator=G)
     grid = grid_from_float(w, 32)
-    lin = NativeInt4Linear(grid, torch.float32) if bits == 4 else NativeInt8Linear(w, torch.float32)
-    weight = int4_weight(grid) if bits == 4 else int8_weight(w)
+    six = int6_grid(33, 1056)
+    lin = {4: lambda: NativeInt4Linear(grid, torch.float32), 6: lambda: NativeInt6Linear(six, torch.float32),
+           8: lambda: NativeInt8Linear(w, torch.float32)}[bits]()
+    weight = {4: int4_weight(grid), 6: int6_weight(six), 8: int8_weight(w)}[bits]
     x = torch.randn(6, 1056, generator=G) * torch.rand(6, 1056, generator=G)
     xq = int8_activations(x).double()
     err = (lin(x).double() - xq @ weight.double().t()).abs()
@@ -101,6 +113,24 @@ def test_int4_reads_a_q4_k_style_grid_exactly_but_for_fp16():
     assert (int4_weight(grid) - grid.dequantize()).abs().max() < 1e-3 * w.abs().max()
 
 
+@pytest.mark.parametrize("out", [40, 1])
+@pytest.mark.parametrize("inp", [96, 1568])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int6_is_its_grid_up_to_activation_rounding(out, inp, dtype):
+    grid = int6_grid(out, inp)
+    bias = torch.randn(out, generator=G)
+    x = torch.randn(3, inp, generator=G).to(dtype)
+    check_close(NativeInt6Linear(grid, dtype, bias)(x), x, int6_weight(grid), bias.to(dtype).float())
+    assert (int6_weight(grid) - grid.dequantize()).abs().max() <= 2 ** -11 * grid.dequantize().abs().max()
+
+
+def test_int6_refuses_scales_fp16_cannot_hold():
+    grid = int6_grid(4, 64)
+    grid.scale[1, 2] = 1e6
+    with pytest.raises(ValueError, match="fp16"):
+        NativeInt6Linear(grid, torch.float32)
+
+
 @pytest.mark.parametrize("out", [40, 17])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_is_close_to_the_float_weight(out, dtype):
@@ -116,7 +146,8 @@ def test_int8_is_close_to_the_float_weight(out, dtype):
     assert bool((step <= per_channel + 1e-7).all())
 
 
-@pytest.mark.parametrize("make", [lambda w, d: NativeInt4Linear(grid_from_float(w, 32), d), NativeInt8Linear])
+@pytest.mark.parametrize("make", [lambda w, d: NativeInt4Linear(grid_from_float(w, 32), d), NativeInt8Linear,
+                                  lambda w, d: NativeInt6Linear(int6_grid(*w.shape), d)], ids=["int4", "int8", "int6"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rows_do_not_depend_on_the_batch(make, dtype):
     """What keeps a K + 1 token verify equal to one-token decodes, bit for bit: any batch size,
@@ -166,6 +197,25 @@ def test_the_transform_picks_native_kernels_where_they_build(folder, monkeypatch
                               "down": NativeInt4Linear, "head": NativeInt8Linear}
     out = logits(decoder)
     assert (out - ref).norm() / ref.norm() < 0.25
+
+
+def test_q6_k_tensors_run_on_their_own_grid_and_other_wide_ones_as_int8(folder, monkeypatch):
+    monkeypatch.setenv(ENV, "native")
+    decoder = load_model(folder, dtype="float32", quantize="none").decoder
+    cfg = decoder.cfg
+    down, head = "model.layers.0.mlp.down_proj.weight", "lm_head.weight"
+    grids = {down: int6_grid(cfg.hidden_size, cfg.intermediate_size), head: int6_grid(cfg.vocab_size, cfg.hidden_size)}
+    bits = {down: 6, head: 6, "model.layers.1.self_attn.v_proj.weight": 6}
+    assert quantize_decoder(decoder, "int4", bits, grids) == "int4"
+    assert type(decoder.layers[0].down) is NativeInt6Linear and type(decoder.lm_head) is NativeInt6Linear
+    assert type(decoder.layers[1].qkv) is NativeInt8Linear  # a Q6_K v without Q6_K q and k: int8, fused
+    assert type(decoder.layers[1].down) is NativeInt4Linear
+    x = torch.randn(2, cfg.intermediate_size, generator=G)
+    check_close(decoder.layers[0].down(x), x, int6_weight(grids[down]))  # the grid's values, not the float weight
+
+    again = load_model(folder, dtype="float32", quantize="none").decoder
+    quantize_decoder(again, "int8", bits, grids)  # asked for int8: int8 it is
+    assert type(again.layers[0].down) is NativeInt8Linear and type(again.lm_head) is NativeInt8Linear
 
 
 def test_inputs_the_kernel_cannot_read_stay_on_torch(tmp_path, monkeypatch):

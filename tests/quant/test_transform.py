@@ -6,7 +6,7 @@ import torch
 from saguaro.errors import InvalidRequestError
 from saguaro.loading.loader import load_model
 from saguaro.model.decoder import Linear
-from saguaro.quant.grids import grid_from_float
+from saguaro.quant.grids import Int6Grid, grid_from_float
 from saguaro.quant.linear import Int4Linear, Int8Linear
 from saguaro.quant.transform import quantize_decoder, resolve_scheme
 from saguaro.testing.random_model import write_random_model
@@ -70,7 +70,10 @@ def test_native_grids_are_used_and_wide_tensors_get_int8(folder):
     # A grid unlike min-max rounding of the float weight: proves the file's own grid is used.
     native = grid_from_float(torch.full((cfg.q_size, cfg.hidden_size), 0.01), 32)
     bits = {q_name: 4, "model.layers.1.self_attn.v_proj.weight": 6, "lm_head.weight": 6}
-    assert quantize_decoder(decoder, "int4", bits, {q_name: native}) == "int4"
+    # PyTorch's kernels have no int6: a Q6_K head's own grid is left for int8 of its weight.
+    six = Int6Grid(torch.zeros(cfg.vocab_size, cfg.hidden_size, dtype=torch.uint8),
+                   torch.ones(cfg.vocab_size, cfg.hidden_size // 16))
+    assert quantize_decoder(decoder, "int4", bits, {q_name: native, "lm_head.weight": six}) == "int4"
     qkv0, qkv1 = decoder.layers[0].qkv, decoder.layers[1].qkv
     assert type(qkv0) is Int4Linear and type(qkv1) is Int8Linear  # 6-bit v: the whole fused qkv
     x = torch.ones(1, cfg.hidden_size)

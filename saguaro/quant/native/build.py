@@ -1,4 +1,5 @@
-"""Builds Saguaro's C++ CPU kernels (qgemm.cpp) once per machine and loads them into torch.ops.
+"""Builds Saguaro's C++ CPU kernels (qgemm.cpp, glue.cpp) once per machine and loads them into
+torch.ops.
 
 The build is tuned to this CPU (-march=native), so its cache folder is named by a hash of the
 source, the torch version, the flags and this CPU's feature list: another CPU, or a new torch,
@@ -23,7 +24,7 @@ import torch
 from saguaro.loading.bundled import cache_dir
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("qgemm.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.cpp", "glue.cpp")]
 NAME = "saguaro_qgemm"
 # The CPU the build targets: native by default; tests set haswell (the AVX2 path) or x86-64
 # (the portable loop) to run every path on a machine that has them all.
@@ -64,7 +65,8 @@ def cpu_features() -> str:
 
 
 def build_dir() -> Path:
-    parts = [SOURCE.read_text(), torch.__version__, " ".join(flags()), cpu_features(), sys.platform]
+    parts = [*(source.read_text() for source in SOURCES), torch.__version__, " ".join(flags()), cpu_features(),
+             sys.platform]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / key
 
@@ -87,7 +89,7 @@ def load_kernels() -> bool:
             if sys.stderr.isatty():  # like the first-use progress bars: a terminal only, never logs or pipes
                 sys.stderr.write(f"first use: building Saguaro's CPU kernels into {folder} (~{BUILD_SECONDS} s)\n")
         start = time.perf_counter()
-        cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=flags(), extra_ldflags=["-fopenmp"],
+        cpp_extension.load(NAME, [str(source) for source in SOURCES], extra_cflags=flags(), extra_ldflags=["-fopenmp"],
                            build_directory=str(folder), is_python_module=False, verbose=False)
     except Exception as e:  # noqa: BLE001 - a compiler's failure has many types; all mean "fall back"
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -6,6 +6,9 @@
 // unsigned-by-signed byte dot product in integers, scaled once into an fp32 sum:
 //     Σ w·x = d_x · (scale · Σ q·x_q + min · Σ x_q),  w = scale · q + min.
 // Int8 weights are stored as q + 128 with min = -128 · scale, the same form.
+// Int6 (a GGUF Q6_K tensor as it is): w = scale · (q − 32), q in 0..63, with a scale per half
+// block (16 codes), so Σ w·x = d_x · Σ_halves scale · (Σ q·x_q − 32 · Σ x_q), all in integers but
+// for the scales.
 //
 // Layout: a row's blocks come in chunks of 16 (zero-padded at the end), interleaved so that
 // 32-bit lane j of every 64-byte vector holds 4 consecutive codes of block j. One VNNI byte
@@ -13,7 +16,9 @@
 // 16 blocks' sums in one register, and one conversion and one multiply-add per 16 blocks
 // apply their scales. The activations are rearranged the same way when they are quantized.
 // Int4: byte 4j + r of vector v (0-3) holds code 4v + r of block j in its low nibble and code
-// 4(v + 4) + r in its high nibble.
+// 4(v + 4) + r in its high nibble. Int6: the int4 layout of the low 4 bits (256 bytes a chunk),
+// then two vectors of high 2-bit pairs: bits 2r..2r+1 of byte b of vector h hold the high bits
+// of byte b of code vector 4h + r.
 //
 // Each output value depends only on its own activation row and is computed by the same
 // instruction sequence whatever the batch: a K + 1 token verify sees the logits of one-token
@@ -54,10 +59,12 @@ struct Acts {
   const int8_t* q;  // [M, nbp · 32]
   const float* d;   // [M, nbp], zero past the last block
   const float* s;   // [M, nbp], d · Σ q over the block
+  const int32_t* h; // [M, 2 · nbp], per chunk Σ q over codes 0-15 of its 16 blocks, then over 16-31
   int64_t nbp;
 };
 
-// A weight matrix: row n's interleaved codes, and per chunk 16 fp16 scales then 16 fp16 mins.
+// A weight matrix: row n's interleaved codes, and per chunk 16 fp16 scales then 16 fp16 mins
+// (int6: the scales of the 16 first halves, then of the 16 second halves).
 struct Weights {
   const uint8_t* codes;  // [N, nbp · 32 · bits / 8]
   const at::Half* sm;    // [N, 2 · nbp]
@@ -71,7 +78,7 @@ inline int64_t interleaved(int64_t b, int64_t e) {
 
 // 32 activations → int8 codes round(x · 127 / max|x|) (to nearest even, as the scalar loop),
 // their max |x| and the codes' sum.
-inline void quantize_block(const float* x, int8_t* codes, float& amax, int32_t& sum) {
+inline void quantize_block(const float* x, int8_t* codes, float& amax, int32_t& sum, int32_t& first_half) {
 #if SAGUARO_AVX512
   const __m512 lo = _mm512_loadu_ps(x), hi = _mm512_loadu_ps(x + 16);
   amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
@@ -79,21 +86,24 @@ inline void quantize_block(const float* x, int8_t* codes, float& amax, int32_t& 
   const __m512i qlo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, inv)), qhi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, inv));
   _mm_store_si128(reinterpret_cast<__m128i*>(codes), _mm512_cvtsepi32_epi8(qlo));
   _mm_store_si128(reinterpret_cast<__m128i*>(codes + 16), _mm512_cvtsepi32_epi8(qhi));
-  sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi));
+  first_half = _mm512_reduce_add_epi32(qlo);
+  sum = first_half + _mm512_reduce_add_epi32(qhi);
 #else
   amax = 0.f;
   for (int64_t e = 0; e < kBlock; ++e) amax = std::max(amax, std::fabs(x[e]));
   const float inv = amax > 0.f ? 127.f / amax : 0.f;
-  sum = 0;
+  sum = first_half = 0;
   for (int64_t e = 0; e < kBlock; ++e) {
     const int32_t v = static_cast<int32_t>(std::nearbyint(x[e] * inv));
     codes[e] = static_cast<int8_t>(v);
     sum += v;
+    if (e < kBlock / 2) first_half += v;
   }
 #endif
 }
 
-void quantize_rows(const float* x, int64_t rows, int64_t k, int64_t nbp, int8_t* q, float* d, float* s) {
+template <typename T>
+void quantize_rows(const T* x, int64_t rows, int64_t k, int64_t nbp, int8_t* q, float* d, float* s, int32_t* h) {
   const int64_t nb = k / kBlock;
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -101,19 +111,24 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, int64_t nbp, int8_t*
       for (int64_t b = 0; b < nbp; ++b) {
         float* db = d + r * nbp + b;
         float* sb = s + r * nbp + b;
+        int32_t* hb = h + r * 2 * nbp + b / kChunk * 2 * kChunk + b % kChunk;
         if (b >= nb) {
           for (int64_t e = 0; e < kBlock; ++e) qr[interleaved(b, e)] = 0;
           *db = *sb = 0.f;
+          hb[0] = hb[kChunk] = 0;
           continue;
         }
-        const float* xb = x + r * k + b * kBlock;
+        alignas(64) float xb[kBlock];
+        for (int64_t e = 0; e < kBlock; ++e) xb[e] = static_cast<float>(x[r * k + b * kBlock + e]);
         alignas(64) int8_t codes[kBlock];
         float amax;
-        int32_t sum;
-        quantize_block(xb, codes, amax, sum);
+        int32_t sum, first_half;
+        quantize_block(xb, codes, amax, sum, first_half);
         for (int64_t e = 0; e < kBlock; e += 4) std::memcpy(qr + interleaved(b, e), codes + e, 4);
         *db = amax / 127.f;
         *sb = *db * static_cast<float>(sum);
+        hb[0] = first_half;
+        hb[kChunk] = sum - first_half;
       }
     }
   });
@@ -127,6 +142,21 @@ template <int Bits>
 inline void load_chunk(const uint8_t* w, __m512i* v) {
   if constexpr (Bits == 8) {
     for (int i = 0; i < kVectors; ++i) v[i] = _mm512_loadu_si512(w + 64 * i);
+  } else if constexpr (Bits == 6) {
+    const __m512i nibble = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(0x30);
+    for (int i = 0; i < kVectors / 2; ++i) {
+      const __m512i packed = _mm512_loadu_si512(w + 64 * i);
+      v[i] = _mm512_and_si512(packed, nibble);
+      v[i + kVectors / 2] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), nibble);
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m512i pairs = _mm512_loadu_si512(w + 256 + 64 * h);
+      // Pair r sits at bits 2r: move it to bits 4-5 (16-bit shifts; the mask drops what crossed bytes).
+      v[4 * h + 0] = _mm512_or_si512(v[4 * h + 0], _mm512_and_si512(_mm512_slli_epi16(pairs, 4), high));
+      v[4 * h + 1] = _mm512_or_si512(v[4 * h + 1], _mm512_and_si512(_mm512_slli_epi16(pairs, 2), high));
+      v[4 * h + 2] = _mm512_or_si512(v[4 * h + 2], _mm512_and_si512(pairs, high));
+      v[4 * h + 3] = _mm512_or_si512(v[4 * h + 3], _mm512_and_si512(_mm512_srli_epi16(pairs, 2), high));
+    }
   } else {
     for (int i = 0; i < kVectors / 2; ++i) {
       const __m512i packed = _mm512_loadu_si512(w + 64 * i);
@@ -163,11 +193,19 @@ void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t 
           lo = _mm512_dpbusd_epi32(lo, v[i], _mm512_loadu_si512(x + 64 * i));
           hi = _mm512_dpbusd_epi32(hi, v[i + kVectors / 2], _mm512_loadu_si512(x + 64 * (i + kVectors / 2)));
         }
-        const __m512i dots = _mm512_add_epi32(lo, Bits == 4 ? _mm512_srai_epi32(hi, 4) : hi);
         const int64_t row = (m0 + t) * a.nbp + c;
-        const __m512 scale = _mm512_mul_ps(sc, _mm512_loadu_ps(a.d + row));
-        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
-        accm[t] = _mm512_fmadd_ps(mn, _mm512_loadu_ps(a.s + row), accm[t]);
+        const __m512 dx = _mm512_loadu_ps(a.d + row);
+        if constexpr (Bits == 6) {  // sc, mn: the scales of the first and of the second halves
+          const int32_t* hs = a.h + (m0 + t) * 2 * a.nbp + 2 * c;
+          lo = _mm512_sub_epi32(lo, _mm512_slli_epi32(_mm512_loadu_si512(hs), 5));
+          hi = _mm512_sub_epi32(hi, _mm512_slli_epi32(_mm512_loadu_si512(hs + kChunk), 5));
+          acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_mul_ps(sc, dx), acc[t]);
+          accm[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_mul_ps(mn, dx), accm[t]);
+        } else {
+          const __m512i dots = _mm512_add_epi32(lo, Bits == 4 ? _mm512_srai_epi32(hi, 4) : hi);
+          acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), _mm512_mul_ps(sc, dx), acc[t]);
+          accm[t] = _mm512_fmadd_ps(mn, _mm512_loadu_ps(a.s + row), accm[t]);
+        }
       }
     }
     for (int t = 0; t < T; ++t) {
@@ -191,7 +229,8 @@ inline float hsum(__m256 v) {
 template <int Bits>
 inline __m256i lane_dot(__m256i w, __m256i x) {
   const __m256i ones = _mm256_set1_epi16(1);
-  if constexpr (Bits == 4) return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+  // Codes up to 63: a pair of products stays inside maddubs' int16.
+  if constexpr (Bits != 8) return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
   // Codes reach 255, where maddubs would saturate: multiply |q - 128| by x with q's sign, then
   // add back 128 · Σ x.
   const __m256i q = _mm256_xor_si256(w, _mm256_set1_epi8(static_cast<char>(0x80)));
@@ -222,7 +261,7 @@ void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t 
         const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(line + kChunk)));
         for (int t = 0; t < T; ++t) {
           const int8_t* x = a.q + (m0 + t) * a.nbp * kBlock + c * kBlock + 32 * half;
-          __m256i dots = _mm256_setzero_si256();
+          __m256i dots[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  // codes 0-15, 16-31
           for (int i = 0; i < kVectors; ++i) {
             __m256i codes;
             if constexpr (Bits == 8) {
@@ -233,13 +272,30 @@ void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t 
               codes = i < kVectors / 2 ? _mm256_and_si256(packed, nibble)
                                        : _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
             }
+            if constexpr (Bits == 6) {
+              const __m256i pairs = _mm256_loadu_si256(
+                  reinterpret_cast<const __m256i*>(wc + 256 + 64 * (i / 4) + 32 * half));
+              const __m256i top = _mm256_and_si256(_mm256_srli_epi16(pairs, 2 * (i % 4)), _mm256_set1_epi8(0x03));
+              codes = _mm256_or_si256(codes, _mm256_slli_epi16(top, 4));
+            }
             const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 64 * i));
-            dots = _mm256_add_epi32(dots, lane_dot<Bits>(codes, xv));
+            const int part = Bits == 6 && i >= kVectors / 2;
+            dots[part] = _mm256_add_epi32(dots[part], lane_dot<Bits>(codes, xv));
           }
           const int64_t row = (m0 + t) * a.nbp + c + 8 * half;
-          const __m256 scale = _mm256_mul_ps(sc, _mm256_loadu_ps(a.d + row));
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc[t]);
-          accm[t] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(a.s + row), accm[t]);
+          const __m256 dx = _mm256_loadu_ps(a.d + row);
+          if constexpr (Bits == 6) {  // sc, mn: the scales of the first and of the second halves
+            const int32_t* hs = a.h + (m0 + t) * 2 * a.nbp + 2 * c + 8 * half;
+            for (int p = 0; p < 2; ++p) {
+              const __m256i sums = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hs + p * kChunk));
+              dots[p] = _mm256_sub_epi32(dots[p], _mm256_slli_epi32(sums, 5));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[0]), _mm256_mul_ps(sc, dx), acc[t]);
+            accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[1]), _mm256_mul_ps(mn, dx), accm[t]);
+          } else {
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[0]), _mm256_mul_ps(sc, dx), acc[t]);
+            accm[t] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(a.s + row), accm[t]);
+          }
         }
       }
     }
@@ -275,14 +331,25 @@ void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t 
             q = wr[at8];
           } else {  // vectors 4-7 of a chunk are the high nibbles of vectors 0-3
             const int64_t vec = at8 % kChunkCodes / 64;
-            const int64_t byte = at8 / kChunkCodes * kChunkCodes / 2 + vec % (kVectors / 2) * 64 + at8 % 64;
-            q = (wr[byte] >> (vec < kVectors / 2 ? 0 : 4)) & 0x0F;
+            const int64_t base = at8 / kChunkCodes * (kChunkCodes * Bits / 8);
+            q = (wr[base + vec % (kVectors / 2) * 64 + at8 % 64] >> (vec < kVectors / 2 ? 0 : 4)) & 0x0F;
+            if constexpr (Bits == 6) q |= ((wr[base + 256 + vec / 4 * 64 + at8 % 64] >> (2 * (vec % 4))) & 0x03) << 4;
           }
+          if constexpr (Bits == 6) q -= 32;
           dot += q * x[at8];
+          if (Bits == 6 && e == kBlock / 2 - 1) {  // the first half's own scale
+            const int64_t line = b / kChunk * 2 * kChunk + b % kChunk;
+            acc += static_cast<float>(smr[line]) * d[b] * static_cast<float>(dot);
+            dot = 0;
+          }
         }
         const int64_t line = b / kChunk * 2 * kChunk + b % kChunk;
-        acc += static_cast<float>(smr[line]) * d[b] * static_cast<float>(dot);
-        accm += static_cast<float>(smr[line + kChunk]) * s[b];
+        if constexpr (Bits == 6) {
+          accm += static_cast<float>(smr[line + kChunk]) * d[b] * static_cast<float>(dot);
+        } else {
+          acc += static_cast<float>(smr[line]) * d[b] * static_cast<float>(dot);
+          accm += static_cast<float>(smr[line + kChunk]) * s[b];
+        }
       }
       sn[0] = acc;
       sn[16] = accm;
@@ -296,8 +363,8 @@ inline float finish(const float* s) { return s[0] + s[16]; }
 
 // Output rows [n0, n1) (at most kRowStep) for every activation row. Each output value's sums
 // run over its chunks in order whatever the batch; between segments they wait in `sums`.
-template <int Bits>
-void weight_rows(const Weights& w, const Acts& a, int64_t m, int64_t n0, int64_t n1, float* y, int64_t n_out) {
+template <int Bits, typename O>
+void weight_rows(const Weights& w, const Acts& a, int64_t m, int64_t n0, int64_t n1, O* y, int64_t n_out) {
   float sums[kRowStep * kGroup * kState];
   // One activation row reuses nothing across weight rows: it streams each row whole.
   const int64_t segment = m > 1 ? kSegment : w.nbp;
@@ -318,42 +385,60 @@ void weight_rows(const Weights& w, const Acts& a, int64_t m, int64_t n0, int64_t
       }
     }
     for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t i = g0; i < g1; ++i) y[i * n_out + n] = finish(sums + (n - n0) * stride + (i - g0) * kState);
+      for (int64_t i = g0; i < g1; ++i) {
+        y[i * n_out + n] = static_cast<O>(finish(sums + (n - n0) * stride + (i - g0) * kState));
+      }
     }
   }
 }
 
-// x [M, K] float or bfloat16; codes [N, nbp · 32 · bits / 8] uint8; sm [N, 2 · nbp] fp16
-// → [M, N] in x's dtype.
-at::Tensor qgemm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& sm, int64_t bits) {
-  TORCH_CHECK(bits == 4 || bits == 8, "qgemm: bits must be 4 or 8, not ", bits);
-  TORCH_CHECK(x.dim() == 2 && codes.dim() == 2 && sm.dim() == 2, "qgemm: x, codes and sm must be matrices");
-  TORCH_CHECK(codes.scalar_type() == at::kByte && sm.scalar_type() == at::kHalf, "qgemm: codes uint8, sm float16");
-  TORCH_CHECK(codes.is_contiguous() && sm.is_contiguous(), "qgemm: codes and sm must be contiguous");
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
-  const int64_t m = xf.size(0), k = xf.size(1), n = codes.size(0);
-  const int64_t nbp = (k / kBlock + kChunk - 1) / kChunk * kChunk;
-  TORCH_CHECK(k % kBlock == 0, "qgemm: the input size must be a multiple of 32, not ", k);
-  TORCH_CHECK(codes.size(1) == nbp * kBlock * bits / 8 && sm.size(0) == n && sm.size(1) == 2 * nbp,
-              "qgemm: codes or sm do not match an input size of ", k);
+template <typename T>
+void run(const at::Tensor& x, const Weights& w, int64_t bits, at::Tensor& y) {
+  const int64_t m = x.size(0), k = x.size(1), n = y.size(1), nbp = w.nbp;
   at::Tensor q = at::empty({m, nbp * kBlock}, at::kChar);
   at::Tensor d = at::empty({m, nbp}, at::kFloat), s = at::empty({m, nbp}, at::kFloat);
-  quantize_rows(xf.data_ptr<float>(), m, k, nbp, q.data_ptr<int8_t>(), d.data_ptr<float>(), s.data_ptr<float>());
-  at::Tensor y = at::empty({m, n}, at::kFloat);
-  const Acts a{q.data_ptr<int8_t>(), d.data_ptr<float>(), s.data_ptr<float>(), nbp};
-  const Weights w{codes.data_ptr<uint8_t>(), sm.data_ptr<at::Half>(), codes.size(1), nbp};
-  float* out = y.data_ptr<float>();
+  at::Tensor h = at::empty({m, 2 * nbp}, at::kInt);
+  quantize_rows(x.data_ptr<T>(), m, k, nbp, q.data_ptr<int8_t>(), d.data_ptr<float>(), s.data_ptr<float>(),
+                h.data_ptr<int32_t>());
+  const Acts a{q.data_ptr<int8_t>(), d.data_ptr<float>(), s.data_ptr<float>(), h.data_ptr<int32_t>(), nbp};
+  T* out = y.data_ptr<T>();
   at::parallel_for(0, n, kRowStep, [&](int64_t n0, int64_t n1) {
     for (int64_t r = n0; r < n1; r += kRowStep) {
       const int64_t r1 = std::min(n1, r + kRowStep);
       if (bits == 4) {
         weight_rows<4>(w, a, m, r, r1, out, n);
+      } else if (bits == 6) {
+        weight_rows<6>(w, a, m, r, r1, out, n);
       } else {
         weight_rows<8>(w, a, m, r, r1, out, n);
       }
     }
   });
-  return y.to(x.scalar_type());
+}
+
+// x [M, K] (float32 and bfloat16 read and written as they are, other dtypes through float32);
+// codes [N, nbp · 32 · bits / 8] uint8; sm [N, 2 · nbp] fp16 → [M, N] in x's dtype, each value
+// rounded once from its float32 sum.
+at::Tensor qgemm(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& sm, int64_t bits) {
+  TORCH_CHECK(bits == 4 || bits == 6 || bits == 8, "qgemm: bits must be 4, 6 or 8, not ", bits);
+  TORCH_CHECK(x.dim() == 2 && codes.dim() == 2 && sm.dim() == 2, "qgemm: x, codes and sm must be matrices");
+  TORCH_CHECK(codes.scalar_type() == at::kByte && sm.scalar_type() == at::kHalf, "qgemm: codes uint8, sm float16");
+  TORCH_CHECK(codes.is_contiguous() && sm.is_contiguous(), "qgemm: codes and sm must be contiguous");
+  const bool direct = x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16;
+  const at::Tensor xc = direct ? x.contiguous() : x.to(at::kFloat).contiguous();
+  const int64_t m = xc.size(0), k = xc.size(1), n = codes.size(0);
+  const int64_t nbp = (k / kBlock + kChunk - 1) / kChunk * kChunk;
+  TORCH_CHECK(k % kBlock == 0, "qgemm: the input size must be a multiple of 32, not ", k);
+  TORCH_CHECK(codes.size(1) == nbp * kBlock * bits / 8 && sm.size(0) == n && sm.size(1) == 2 * nbp,
+              "qgemm: codes or sm do not match an input size of ", k);
+  const Weights w{codes.data_ptr<uint8_t>(), sm.data_ptr<at::Half>(), codes.size(1), nbp};
+  at::Tensor y = at::empty({m, n}, xc.options());
+  if (xc.scalar_type() == at::kBFloat16) {
+    run<at::BFloat16>(xc, w, bits, y);
+  } else {
+    run<float>(xc, w, bits, y);
+  }
+  return direct ? y : y.to(x.scalar_type());
 }
 
 // Which vector path this build took, for logs and benchmarks.
