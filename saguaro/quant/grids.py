@@ -106,6 +106,8 @@ def concat_grids(grids: list):
     """Stack grids of one kind along the output dimension (fused QKV, gate/up); groups must match."""
     if len({(type(g), g.group) for g in grids}) != 1:
         raise ValueError("cannot fuse grids of different kinds or group sizes")
+    if len(grids) == 1:  # an unfused linear (o, down, the head): no copy of its codes at load
+        return grids[0]
     parts = [_tensors(g) for g in grids]
     return dataclasses.replace(grids[0], **{k: torch.cat([p[k] for p in parts]) for k in parts[0]})
 
