@@ -103,7 +103,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--saguaro-c", type=float, metavar="C",
                    help="Saguaro sampling factor in (0, 1]: below 1 trades acceptance for cache hits")
     s.add_argument("--draft-head-tokens", type=int, metavar="N",
-                   help="the draft's LM head keeps only the N most frequent tokens (cheaper drafting, still exact)")
+                   help="the draft's LM head keeps only the N most frequent tokens (cheaper drafting, still exact; "
+                        "default 32768 on CPU, all elsewhere; 0 keeps all)")
     s.add_argument("--backup", help="backup speculator used on a speculation-cache miss")
     s.add_argument("--ssd-worker", choices=("auto", "process", "thread"),
                    help="the draft worker as its own process, or a thread on its own CUDA stream "

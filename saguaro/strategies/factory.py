@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from saguaro.engine.runner import ModelRunner
 from saguaro.errors import InvalidRequestError
+from saguaro.model.head_subset import draft_head_tokens
 from saguaro.quant.transform import check_scheme
 from saguaro.tokenizer import Tokenizer
 
@@ -32,7 +33,7 @@ class StrategyOptions:
     backup: str = "auto"
     worker_timeout: float = 30.0
     fault_after_rounds: int | None = None  # testing only: the worker dies after this many rounds
-    draft_head_tokens: int | None = None  # the draft's LM head keeps only this many frequent tokens
+    draft_head_tokens: int | None = None  # the draft's LM head keeps this many frequent tokens (None: by device; 0: all)
     ssd_worker: str = "auto"  # "process", "thread" (in-process, own CUDA stream), or auto: thread on a shared GPU
     draft_quantize: str = "auto"  # the draft's weights: auto, none, int8 or int4 (saguaro.quant)
     static_shapes: bool = False  # capture-ready forwards for the draft too (saguaro.engine.runner)
@@ -54,8 +55,8 @@ class StrategyOptions:
             raise InvalidRequestError(f"saguaro_c must be in (0, 1], got {self.saguaro_c}")
         if self.backup not in BACKUPS:
             raise InvalidRequestError(f"backup must be one of {', '.join(BACKUPS)}, got {self.backup!r}")
-        if self.draft_head_tokens is not None and self.draft_head_tokens < 1:
-            raise InvalidRequestError("draft_head_tokens must be >= 1")
+        if self.draft_head_tokens is not None and self.draft_head_tokens < 0:
+            raise InvalidRequestError("draft_head_tokens must be >= 0 (0 keeps the whole head)")
         if self.ssd_worker not in WORKER_KINDS:
             raise InvalidRequestError(f"ssd_worker must be one of {', '.join(WORKER_KINDS)}, got {self.ssd_worker!r}")
         if self.worker_timeout <= 0:
@@ -98,8 +99,8 @@ def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokeni
     if opts.mode == "sd":
         from saguaro.strategies.sd import SDStrategy
 
-        drafter = _drafter(target, tokenizer, draft, device, dtype, opts.draft_head_tokens, opts.draft_quantize,
-                           opts.static_shapes)
+        drafter = _drafter(target, tokenizer, draft, device, dtype, draft_head_tokens(opts.draft_head_tokens, device),
+                           opts.draft_quantize, opts.static_shapes)
         return SDStrategy(target, drafter, opts.k or 4)
     return _ssd(opts, target, tokenizer, draft, device, dtype)
 
@@ -127,7 +128,7 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
             target_vocab=target.vocab_size,
             saguaro_c=opts.saguaro_c,
             fault_after_rounds=opts.fault_after_rounds,
-            head_tokens=opts.draft_head_tokens,
+            head_tokens=draft_head_tokens(opts.draft_head_tokens, draft_device),
             quantize=opts.draft_quantize,
             static_shapes=opts.static_shapes,
             log_level=logging.getLogger("saguaro").getEffectiveLevel(),
