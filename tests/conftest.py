@@ -1,6 +1,7 @@
 """Puts tests/ on sys.path so test modules can import shared helpers (`from exactness import ...`)."""
 
 import os
+import signal
 import sys
 
 import pytest
@@ -10,6 +11,14 @@ from pathlib import Path
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+
+def pytest_configure(config):
+    """A suite started in the background by a non-interactive shell inherits SIGINT ignored (so
+    Python never installs its KeyboardInterrupt handler, and the children it spawns ignore Ctrl-C
+    too): give it Python's usual handler, so the Ctrl-C tests test Ctrl-C wherever they run."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
