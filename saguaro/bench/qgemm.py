@@ -7,7 +7,7 @@ Each kernel cycles over enough weight copies that every call streams its weights
 decoding does; kernels are timed in interleaved passes and the median pass is reported, so a
 busy neighbour on the same cores disturbs all of them alike.
 
-    python -m saguaro.bench.qgemm [--threads 1 2] [--rows 1 4] [--out qgemm.json]
+    python -m saguaro.bench.qgemm [--threads 1 2] [--rows 1 4] [--out results.json]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=int, nargs="+", default=[1, 4], help="activation rows (tokens) per call")
     p.add_argument("--shapes", nargs="+", default=[s[0] for s in SHAPES], choices=[s[0] for s in SHAPES])
     p.add_argument("--repeat", type=int, default=7, help="interleaved passes; the median is reported")
-    p.add_argument("--out", default="qgemm.json", help="write the results as JSON here")
+    p.add_argument("--out", help="also write the results as JSON here")
     args = p.parse_args(argv)
     if not load_kernels():
         raise SystemExit("Saguaro's CPU kernels do not build here; nothing to compare")
@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         print(f"{r['shape']:<8} {r['out']:>6}x{r['inp']:<6} {r['bits']:>4} {r['threads']:>3} {r['rows']:>2} "
               f"{r['torch_ms']:>9.3f} {r['native_ms']:>9.3f} {r['speedup']:>6.2f}x {r['native_gbs']:>5.1f}")
-    with open(args.out, "w") as f:
-        json.dump({"isa": isa(), "torch": torch.__version__, "repeat": args.repeat, "rows": rows}, f, indent=1)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"isa": isa(), "torch": torch.__version__, "repeat": args.repeat, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

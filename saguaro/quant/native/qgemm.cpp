@@ -71,42 +71,38 @@ struct Weights {
   int64_t row_bytes, nbp, rows;
 };
 
-// With 2 or more activation rows (and for int6, whose unpacking is compute-heavy) a chunk's
-// arithmetic takes about as long as streaming its weights, and the hardware prefetcher alone
-// let the two alternate instead of overlap: a 4-token verify took twice a 1-token decode. So a
-// tile asks for the weights it will read two rows later: the same chunk of row n + 2, or, past
-// the tile's last row, the matching chunk of the next segment's first rows (or of the next
-// rows' first segment). Measured on the bundled target's shapes (python -m
-// saguaro.bench.qgemm): 1 thread, 4 rows, `down` int4 1.25 → 0.88 ms; the int6 head at 1 row
-// 10.8 → 8.5 ms. A lone int4 or int8 row streams fast enough alone; there the extra requests
-// slowed it, so it issues none.
-constexpr int64_t kAhead = 2;
+// A tile asks for the weights it will read about kAheadBytes later, into L2 (prefetcht1): the
+// same chunk of the row that many bytes on in its segment's stream. Left to the hardware
+// prefetcher alone, a core had too few reads in flight while it computed, and a chunk's arithmetic
+// and its stream added up instead of overlapping. Measured on a 256 MB stream of 1,536-column
+// int4 rows, one thread: 1 activation row 16.5 -> 14.5 ns a chunk, 3 rows 25 -> 20 ns (two
+// threads, 3 rows: 12.5 -> 10.5; 1 row about even). Distances of 8-64 KB did about as well;
+// prefetcht0 at the same distance was slower than none (it fills L1 with what is not yet read).
+constexpr int64_t kAheadBytes = 16 << 10;
 
 // A prefetch the compiler keeps: GCC 12 emitted none of this file's __builtin_prefetch calls.
-inline void prefetch(const void* p) {
+inline void prefetch_l2(const void* p) {
 #if defined(__x86_64__)
-  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
 #else
-  __builtin_prefetch(p);
+  __builtin_prefetch(p, 0, 2);
 #endif
 }
 
+// Rows from one row's chunk of segment [c0, c1) to the one about kAheadBytes further on.
 template <int Bits>
-inline void prefetch_ahead(const Weights& w, int64_t n, int64_t c, int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
+inline int64_t rows_ahead(int64_t c0, int64_t c1) {
+  const int64_t row_bytes = (c1 - c0) / kChunk * (kChunkCodes * Bits / 8 + 2 * kChunk * sizeof(at::Half));
+  return (kAheadBytes + row_bytes - 1) / row_bytes;
+}
+
+template <int Bits>
+inline void prefetch_ahead(const Weights& w, int64_t row, int64_t c) {
   constexpr int64_t chunk_bytes = kChunkCodes * Bits / 8;
-  int64_t row = n + kAhead, at = c;
-  if (row >= n1) {
-    if (c1 < w.nbp) {
-      row = n0 + (row - n1);
-      at = c + (c1 - c0);
-    } else {
-      at = c - c0;
-    }
-  }
-  if (row >= w.rows || at >= w.nbp) return;
-  const char* codes = reinterpret_cast<const char*>(w.codes + row * w.row_bytes + at / kChunk * chunk_bytes);
-  for (int64_t b = 0; b < chunk_bytes; b += 64) prefetch(codes + b);
-  prefetch(w.sm + row * 2 * w.nbp + 2 * at);
+  if (row >= w.rows) return;
+  const char* codes = reinterpret_cast<const char*>(w.codes + row * w.row_bytes + c / kChunk * chunk_bytes);
+  for (int64_t b = 0; b < chunk_bytes; b += 64) prefetch_l2(codes + b);
+  prefetch_l2(w.sm + row * 2 * w.nbp + 2 * c);
 }
 
 // Where code e of block b sits in its row's interleaved (8-bit) layout.
@@ -210,6 +206,7 @@ template <int Bits, int T>
 void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t n1, int64_t c0, int64_t c1,
                float* sums, int64_t stride) {
   constexpr int64_t chunk_bytes = kChunkCodes * Bits / 8;
+  const int64_t ahead = rows_ahead<Bits>(c0, c1);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* wr = w.codes + n * w.row_bytes;
     const at::Half* smr = w.sm + n * 2 * w.nbp;
@@ -222,7 +219,7 @@ void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t 
     for (int64_t c = c0; c < c1; c += kChunk) {
       const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(smr + 2 * c)));
       const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(smr + 2 * c + kChunk)));
-      if constexpr (T >= 2 || Bits == 6) prefetch_ahead<Bits>(w, n, c, n0, n1, c0, c1);
+      prefetch_ahead<Bits>(w, n + ahead, c);
       __m512i v[kVectors];
       load_chunk<Bits>(wr + c / kChunk * chunk_bytes, v);
       for (int t = 0; t < T; ++t) {
@@ -283,6 +280,7 @@ void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t 
                float* sums, int64_t stride) {
   constexpr int64_t chunk_bytes = kChunkCodes * Bits / 8;
   const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const int64_t ahead = rows_ahead<Bits>(c0, c1);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* wr = w.codes + n * w.row_bytes;
     const at::Half* smr = w.sm + n * 2 * w.nbp;
@@ -294,7 +292,7 @@ void tile_rows(const Weights& w, const Acts& a, int64_t m0, int64_t n0, int64_t 
     }
     for (int64_t c = c0; c < c1; c += kChunk) {
       const uint8_t* wc = wr + c / kChunk * chunk_bytes;
-      if constexpr (T >= 2 || Bits == 6) prefetch_ahead<Bits>(w, n, c, n0, n1, c0, c1);
+      prefetch_ahead<Bits>(w, n + ahead, c);
       for (int half = 0; half < 2; ++half) {  // blocks 0-7, then 8-15 of the chunk
         const at::Half* line = smr + 2 * c + 8 * half;
         const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(line)));
