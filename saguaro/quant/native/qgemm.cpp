@@ -92,8 +92,8 @@ inline void prefetch_l2(const void* p) {
 // Rows from one row's chunk of segment [c0, c1) to the one about kAheadBytes further on.
 template <int Bits>
 inline int64_t rows_ahead(int64_t c0, int64_t c1) {
-  const int64_t row_bytes = (c1 - c0) / kChunk * (kChunkCodes * Bits / 8 + 2 * kChunk * sizeof(at::Half));
-  return (kAheadBytes + row_bytes - 1) / row_bytes;
+  const int64_t segment_bytes = (c1 - c0) / kChunk * (kChunkCodes * Bits / 8 + 2 * kChunk * sizeof(at::Half));
+  return (kAheadBytes + segment_bytes - 1) / segment_bytes;
 }
 
 template <int Bits>
