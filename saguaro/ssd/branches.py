@@ -131,7 +131,9 @@ class BranchDrafter:
         t1 = time.perf_counter()
         # One batched prediction (one host sync) per speculation length.
         for kb, rows in group_rows(len(s.speculation) for s in self.seqs).items():
-            fan = fanout[:kb] + [fanout[-1]]  # F_0..F_{kb-1}, then the bonus fan-out F_K
+            # F_0..F_{kb-1}, then the bonus fan-out F_K; a speculation drafted under a longer K
+            # (the plan just changed) takes F_K for its extra positions too.
+            fan = [fanout[min(i, len(fanout) - 1)] for i in range(kb)] + [fanout[-1]]
             spec = torch.tensor([self.seqs[b].speculation for b in rows], dtype=torch.long).view(len(rows), kb)
             index = torch.tensor(rows, device=q_glue.device)
             for b, g in zip(rows, predict_outcomes_batch(q_glue[index, : kb + 1], spec, fan)):

@@ -32,7 +32,8 @@ from saguaro.ssd.spec_cache import CacheEntry
 
 log = logging.getLogger(__name__)
 MIN_ROUNDS_TO_REPLAN = 8
-REPLAN_MARGIN = 0.05  # a new plan must promise 5% more tokens/s than the current one
+IN_BATCH_REPLAN_ROUNDS = 16  # rounds between re-plans within a batch
+REPLAN_MARGIN = 0.03  # a new plan must promise 3% more tokens/s than the current one
 DRAFT_SEED_SALT = 0x5A6A  # the draft's random stream differs from the target's for the same seed
 
 
@@ -248,6 +249,13 @@ class Worker:
                 fanout = self.tracker.fanout(k, budget)
             stats.update(k=k, branches=sum(fanout))
             self._reply(max_b, k, found, [b not in missed for b in range(len(found))], stats)
+            # Re-plan within the batch too, between one reply and the next round's drafting (so
+            # each speculation and its q keep the K they were drafted with): a one-prompt run
+            # would otherwise keep the plan it started on, with the acceptance prior's guess.
+            if observed.rounds >= IN_BATCH_REPLAN_ROUNDS:
+                if self._replan(key, observed):
+                    k, fanout, budget = self._plans[key]
+                observed = Observed()
 
     def _track(self, s: DraftSequence, n: int, t: int, fanout: list[int]) -> None:
         kb = len(s.speculation)
@@ -279,15 +287,15 @@ class Worker:
 
     # ---- budget ---------------------------------------------------------------------------------
 
-    def _replan(self, key: tuple, observed: Observed) -> None:
-        """After a batch, re-plan the next batch of this shape on the timings its rounds measured.
+    def _replan(self, key: tuple, observed: Observed) -> bool:
+        """Re-plan this batch shape on the timings its rounds measured; whether the plan changed.
 
         Only automatic plans change, and never those of seeded sampled batches: their draws depend
         on K and the fan-out, and a seeded request must replay.
         """
         seeded = key[-1]
         if seeded or key not in self._tables or observed.rounds < MIN_ROUNDS_TO_REPLAN:
-            return
+            return False
         tables, fan_spec, fixed_fan = self._tables[key]
         k, _, branches = self._plans[key]
         scaled = observed.rescaled(tables, k, branches)
@@ -296,11 +304,12 @@ class Worker:
         _, now_score = score_plan(k, branches, *timings)
         _, new_score = score_plan(plan.k, plan.branches, *timings)
         if new_score < now_score * (1 + REPLAN_MARGIN):
-            return  # not clearly better: two near-equal plans would otherwise alternate
+            return False  # not clearly better: two near-equal plans would otherwise alternate
         budget = plan.branches if fixed_fan is None else fixed_fan * (plan.k + 1)
         log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d)",
                  plan.k, budget, k, branches)
         self._plans[key] = (plan.k, self._fanout(fan_spec, plan.k, budget), budget)
+        return True
 
     def _fanout(self, fan_spec, k: int, budget: int) -> list[int]:
         if fan_spec == "geometric":

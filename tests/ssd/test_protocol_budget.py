@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, expected_tokens
+from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, expected_tokens, hit_prior
 from saguaro.ssd.placement import parse_cores, split_cores
 from saguaro.ssd.protocol import (CMD_END, CMD_ROUND, K_MAX, Reply, decode_outcomes, decode_reply,
                                   encode_end, encode_outcomes, encode_reply, pack_q)
@@ -109,3 +109,28 @@ def test_observed_rounds_rescale_the_tables_and_can_change_the_plan():
     again = choose_plan(scaled.verify_s, scaled.glue_s, scaled.step_s, accept_rate=obs.accept_rate())
     assert again.draft_s <= again.verify_s  # the new plan fits the measured costs
     assert again.k < start.k or again.branches < start.branches
+
+
+def test_the_hit_prior_follows_acceptance_and_more_guesses():
+    # Measured on the bundled pair (greedy, code and edits): K = 2 with one guess per outcome hit
+    # 0.86 at acceptance 0.92; K = 1 with two guesses, 0.93 at 0.94.
+    assert hit_prior(1, 2, 0.92) == pytest.approx(0.86, abs=0.02)
+    assert hit_prior(2, 1, 0.94) == pytest.approx(0.93, abs=0.04)
+    for k in (1, 3, 6):
+        hits = [hit_prior(fan, k, 0.8) for fan in (1, 2, 4, 8)]
+        assert hits == sorted(hits) and 0 < hits[0] and hits[-1] < 1
+        assert hit_prior(1, k, 0.95) > hit_prior(1, k, 0.7)  # mostly bonus tokens, which the draft guesses best
+    assert hit_prior(1, 2, 1.0) == 1.0  # every draft token accepted: the draft's bonus guess is the target's
+
+
+def test_the_budget_takes_a_longer_k_over_a_wider_cache_when_acceptance_is_high():
+    # Roughly the bundled pair's one-core timings (s; measured: a 2-token verify 59 ms, 3 tokens
+    # 73 ms, one draft token 16 ms, a step over 3 branches 26 ms and over 4 32 ms; the rest filled
+    # in). There K = 2 with 3 branches ran 9% faster than K = 1 with 4, which the old prior chose.
+    verify = {1: .059, 2: .073, 3: .089, 4: .105, 5: .120, 6: .135, 7: .150, 8: .165}
+    glue = {1: .021, 2: .025, 3: .030, 4: .034, 5: .038, 6: .042, 7: .046, 8: .050}
+    step = {1: .016, 4: .032, 8: .055, 16: .100, 32: .190}
+    high = choose_plan(verify, glue, step, accept_rate=0.93)
+    assert (high.k, high.branches) == (2, 3)
+    low = choose_plan(verify, glue, step, accept_rate=0.7)
+    assert low.k == 1

@@ -92,6 +92,37 @@ def test_ssd_greedy_equals_ar(make_ssd, folders, options):
         assert all("worker_fault" not in r.metrics.extra for r in res)  # no silent fallback to AR
 
 
+def test_plan_changes_within_a_batch_keep_greedy_exact(folders, monkeypatch):
+    """The worker may re-plan between a reply and the next round's drafting, so a speculation
+    drafted under one K is verified and answered while the branches use the next. Forced here:
+    K alternates between 3 and 1 every 2 rounds."""
+    from saguaro.ssd import worker as worker_module
+    from saguaro.ssd.fanout import flat_fanout
+
+    switches = []
+
+    def alternate(self, key, observed):
+        k = 1 if self._plans[key][0] == 3 else 3
+        self._plans[key] = (k, flat_fanout(k, 2), 2 * (k + 1))
+        switches.append(k)
+        return True
+
+    monkeypatch.setattr(worker_module, "IN_BATCH_REPLAN_ROUNDS", 2)
+    monkeypatch.setattr(worker_module.Worker, "_replan", alternate)
+    ar = LLM(target=folders[0], dtype="float32")
+    ssd = LLM(target=folders[0], draft=folders[1], mode="ssd", dtype="float32", k=2, fanout=1, ssd_worker="thread")
+    try:
+        prompts = [PROMPT, [1, 2], [4, 4, 4, 4, 6]]
+        params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True)
+        want = [r.token_ids for r in ar.generate(prompts, params)]
+        res = ssd.generate(prompts, params)
+        assert [r.token_ids for r in res] == want
+        assert all("worker_fault" not in r.metrics.extra for r in res)
+        assert switches.count(1) >= 2 and switches.count(3) >= 2
+    finally:
+        ssd.close()
+
+
 def test_ssd_seed_reproducible(make_ssd):
     llm = make_ssd(k=2, fanout=1)
     params = SamplingParams(temperature=1.0, seed=123, max_tokens=20, ignore_eos=True)
