@@ -47,7 +47,9 @@ def hit_prior(fan: float, k: int, accept_rate: float, r: float = 1.0) -> float:
     """
     decay = max(fan, 1.0) ** (-r)
     all_accepted = accept_rate**k
-    return all_accepted * (1.0 - (1.0 - accept_rate) * decay) + (1.0 - all_accepted) * (1.0 - REJECTION_TOP1_MISS * decay)
+    bonus_hit = 1.0 - (1.0 - accept_rate) * decay
+    rejection_hit = 1.0 - REJECTION_TOP1_MISS * decay
+    return all_accepted * bonus_hit + (1.0 - all_accepted) * rejection_hit
 
 
 def _interpolate(table: dict[int, float], x: int) -> float:
