@@ -14,46 +14,42 @@ from saguaro.quant.grids import Int4Grid, Int6Grid
 from saguaro.quant.linear import QuantLinear
 
 BLOCK = 32  # columns sharing a scale and min
-CHUNK = 16  # blocks the kernel interleaves and scales together (16 fp16 scales, then 16 mins)
+ROWS = 16  # output rows the kernel interleaves: lane j of every 64-byte vector is row j
 
 
-def pack_scales(scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-    """[out, blocks] scales and mins → [out, 2 · padded blocks] fp16, chunk by chunk: 16 scales
-    then 16 mins, zero past the last block."""
-    out, blocks = scale.shape
-    pad = -blocks % CHUNK
-    pair = torch.stack([scale, low], dim=1).to(torch.float16)  # [out, 2, blocks]
-    pair = torch.nn.functional.pad(pair, (0, pad)).reshape(out, 2, -1, CHUNK)  # [out, 2, chunks, 16]
-    return pair.transpose(1, 2).contiguous().reshape(out, -1)
+def row_groups(per_row: torch.Tensor) -> torch.Tensor:
+    """[out, blocks, 4 · n] bytes of each row's blocks → [groups, blocks, n · 64]: vector v of a
+    group's block holds bytes 4v..4v+3 of each of its 16 rows in turn (zero rows pad the last)."""
+    out, blocks, width = per_row.shape
+    per_row = torch.nn.functional.pad(per_row, (0, 0, 0, 0, 0, -out % ROWS))
+    grouped = per_row.reshape(-1, ROWS, blocks, width // 4, 4).permute(0, 2, 3, 1, 4)
+    return grouped.reshape(-1, blocks, width * ROWS)
 
 
-def interleave(q: torch.Tensor, pad: int) -> torch.Tensor:
-    """[out, in] byte codes → [out, chunks, 8, 16, 4], the kernel's order: per chunk of 16 blocks,
-    vector i holds codes 4i..4i+3 of each block in turn. Blocks past the end hold `pad`."""
-    out, inp = q.shape
-    blocks = inp // BLOCK
-    q = torch.nn.functional.pad(q, (0, (-blocks % CHUNK) * BLOCK), value=pad)
-    return q.reshape(out, -1, CHUNK, BLOCK // 4, 4).transpose(2, 3)
+def nibbles(q: torch.Tensor) -> torch.Tensor:
+    """[out, in] codes 0..15 → [out, blocks, 16] bytes: byte i of a block holds code i in its low
+    nibble and code 16 + i in its high one."""
+    b = q.to(torch.uint8).reshape(q.shape[0], -1, BLOCK)
+    return b[..., :BLOCK // 2] | (b[..., BLOCK // 2:] << 4)
 
 
-def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
-    """[out, in] codes 0..15 → [out, padded in / 2] bytes: vectors 0-3 of each chunk in the low
-    nibbles, vectors 4-7 in the high ones."""
-    v = interleave(q.to(torch.uint8), 0)
-    return (v[:, :, :4] | (v[:, :, 4:] << 4)).reshape(q.shape[0], -1).contiguous()
+def high_pairs(q: torch.Tensor) -> torch.Tensor:
+    """[out, in] codes 0..63 → [out, blocks, 8] bytes of their top 2 bits: bits 2p..2p+1 of byte
+    4h + r hold those of code 16h + 4p + r (the code vector 4h + p's byte r)."""
+    top = (q.to(torch.uint8) >> 4).reshape(q.shape[0], -1, 2, 4, 4)  # [out, blocks, h, p, r]
+    return (top[:, :, :, 0] | (top[:, :, :, 1] << 2) | (top[:, :, :, 2] << 4) | (top[:, :, :, 3] << 6)).flatten(2)
 
 
-def pack_six(q: torch.Tensor) -> torch.Tensor:
-    """[out, in] codes 0..63 → [out, padded in · 3 / 4] bytes: per chunk, the low 4 bits as
-    pack_nibbles lays them out (256 bytes), then two vectors of 2-bit pairs (128 bytes): pair r
-    of byte b of vector h holds the top bits of byte b of code vector 4h + r."""
-    q = q.to(torch.uint8)
-    out = q.shape[0]
-    nibbles = pack_nibbles(q & 0x0F).reshape(out, -1, 256)  # [out, chunks, 256]
-    top = interleave(q >> 4, 0)  # [out, chunks, 8, 16, 4]
-    top = top.reshape(out, top.shape[1], 2, 4, 64)  # [out, chunks, h, r, 64]
-    pairs = top[:, :, :, 0] | (top[:, :, :, 1] << 2) | (top[:, :, :, 2] << 4) | (top[:, :, :, 3] << 6)
-    return torch.cat([nibbles, pairs.reshape(out, -1, 128)], dim=2).reshape(out, -1).contiguous()
+def pack(codes: list[torch.Tensor], scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """Per-row code bytes ([out, blocks, ·] each, in order) and [out, blocks] scales and mins →
+    the kernel's [groups, blocks · bytes]: per group and block, its code vectors, then 16 fp16
+    scales and 16 fp16 mins."""
+    pair = torch.stack([scale, low], dim=2).to(torch.float16)  # [out, blocks, 2]
+    pair = torch.nn.functional.pad(pair, (0, 0, 0, 0, 0, -pair.shape[0] % ROWS))
+    pair = pair.reshape(-1, ROWS, pair.shape[1], 2).permute(0, 2, 3, 1).contiguous()  # [groups, blocks, 2, 16]
+    parts = [row_groups(c) for c in codes] + [pair.view(torch.uint8).reshape(*pair.shape[:2], -1)]
+    packed = torch.cat(parts, dim=2)
+    return packed.reshape(packed.shape[0], -1).contiguous()
 
 
 def int8_blocks(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,17 +74,17 @@ def supports(in_features: int) -> bool:
 
 
 class NativeLinear(QuantLinear):
-    """`weight` holds the codes; `scales` the packed fp16 scales and mins."""
+    """`weight` holds the packed codes, scales and mins of `out_features` rows."""
 
     bits: int
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
-        super().__init__(codes, None if bias is None else bias.to(dtype))
-        self.scales = scales
+    def __init__(self, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__(packed, None if bias is None else bias.to(dtype))
+        self.out_features = out_features
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = torch.ops.saguaro_qgemm.qgemm(x.reshape(-1, x.shape[-1]), self.weight, self.scales, self.bits)
+        y = torch.ops.saguaro_qgemm.qgemm(x.reshape(-1, x.shape[-1]), self.weight, self.bits, self.out_features)
         return self._bias(y.reshape(*lead, y.shape[-1]))
 
 
@@ -100,8 +96,8 @@ class NativeInt4Linear(NativeLinear):
     def __init__(self, grid: Int4Grid, dtype: torch.dtype, bias: torch.Tensor | None = None):
         if grid.group != BLOCK:
             raise ValueError(f"the native int4 kernel needs groups of {BLOCK}, not {grid.group}")
-        scales = pack_scales(grid.scale, grid.offset - 8 * grid.scale)
-        super().__init__(pack_nibbles(grid.q), scales, bias, dtype)
+        packed = pack([nibbles(grid.q)], grid.scale, grid.offset - 8 * grid.scale)
+        super().__init__(packed, grid.shape[0], bias, dtype)
 
 
 class NativeInt6Linear(NativeLinear):
@@ -113,7 +109,8 @@ class NativeInt6Linear(NativeLinear):
     def __init__(self, grid: Int6Grid, dtype: torch.dtype, bias: torch.Tensor | None = None):
         if grid.group != BLOCK // 2 or not fits_fp16(grid):
             raise ValueError(f"the native int6 kernel needs groups of {BLOCK // 2} with scales inside fp16's range")
-        super().__init__(pack_six(grid.q), pack_scales(grid.scale[:, 0::2], grid.scale[:, 1::2]), bias, dtype)
+        packed = pack([nibbles(grid.q & 0x0F), high_pairs(grid.q)], grid.scale[:, 0::2], grid.scale[:, 1::2])
+        super().__init__(packed, grid.shape[0], bias, dtype)
 
 
 class NativeInt8Linear(NativeLinear):
@@ -125,5 +122,5 @@ class NativeInt8Linear(NativeLinear):
         if not supports(weight.shape[1]):
             raise ValueError(f"the native int8 kernel needs inputs in multiples of {BLOCK}")
         q, scale = int8_blocks(weight)
-        codes = interleave((q.to(torch.int16) + 128).to(torch.uint8), 128).reshape(q.shape[0], -1).contiguous()
-        super().__init__(codes, pack_scales(scale, -128 * scale.float()), bias, dtype)
+        codes = (q.to(torch.int16) + 128).to(torch.uint8).reshape(q.shape[0], -1, BLOCK)
+        super().__init__(pack([codes], scale, -128 * scale.float()), q.shape[0], bias, dtype)
