@@ -9,6 +9,7 @@ Prompts must be valid UTF-8: an argument or chat line with undecodable bytes is 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import logging
@@ -19,8 +20,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-# No torch at import time: a Ctrl-C while torch loads (seconds on a busy machine) then lands in
-# main(), which exits 130 without a traceback.
+# No torch at import time: `--help` stays instant, and main() imports it with Ctrl-C held back
+# (_import_runtime), then exits 130 without a traceback.
 from saguaro.errors import SaguaroError
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -372,6 +373,7 @@ def _run(argv: list[str]) -> int:
         return cmd_bench(extra)
     if extra:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    _import_runtime()
     if args.command == "serve":
         from saguaro.server.cli import cmd_serve
 
@@ -419,6 +421,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+def _import_runtime(load=lambda: importlib.import_module("saguaro.llm")) -> None:
+    """Import torch and the engine (`load`) with Ctrl-C held until they finish.
+
+    A KeyboardInterrupt raised inside torch's import leaves torch and numpy half imported, and
+    what happens next depends on where it landed: an ImportError ("cannot load module more than
+    once per process", exit 1), the interrupt swallowed so generation runs on, or death by the
+    signal. Held back, a Ctrl-C during the imports becomes one KeyboardInterrupt right after them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        load()
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        load()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _on_sigterm():

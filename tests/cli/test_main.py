@@ -128,6 +128,28 @@ def test_keyboard_interrupt_exits_130_and_closes(capsys, model, monkeypatch):
     assert "Traceback" not in err
 
 
+def test_a_ctrl_c_during_the_runtime_imports_waits_for_them_to_finish():
+    """A Ctrl-C inside torch's import used to leave it half imported (an ImportError, a
+    swallowed interrupt, or death by the signal); it is held until the imports end."""
+    import signal
+    import time
+
+    finished = []
+
+    def load():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # a Ctrl-C let through would interrupt this sleep
+        finished.append(True)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        cli._import_runtime(load)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is before
+    cli._import_runtime(lambda: finished.append(True))  # no Ctrl-C: nothing raised
+    assert finished == [True, True]
+
+
 def test_default_target_is_bundled_pair(monkeypatch):
     seen = {}
 
