@@ -323,3 +323,26 @@ def test_every_vector_path_this_cpu_runs(march, isa, needs):
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
                             "-k", "not every_vector_path"], env=env, capture_output=True, text=True, timeout=900)
     assert tests.returncode == 0, tests.stdout[-3000:]
+
+
+def test_the_packing_puts_row_j_in_lane_j_and_each_block_in_one_stretch():
+    """The layout qgemm.cpp reads, on hand-made codes: byte 4j + r of vector v is row j's code
+    4v + r (int4: v and v + 4 share a byte), then the block's 16 scales and 16 mins."""
+    from saguaro.quant.native.linear import high_pairs, nibbles, pack
+
+    rows, cols = 17, 64  # two groups (the second padded with zero rows), two blocks
+    q = torch.tensor([[(3 * n + e + 5 * (e // 16)) % 16 for e in range(cols)] for n in range(rows)], dtype=torch.uint8)
+    scale = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2) + 1
+    packed = pack([nibbles(q)], scale, -scale)
+    assert packed.shape == (2, 2 * 320)
+    block = packed[0, 320:640]  # group 0, block 1
+    for j, v, r in [(0, 0, 0), (5, 2, 3), (15, 3, 1)]:
+        byte = int(block[64 * v + 4 * j + r])
+        assert byte & 0x0F == q[j, 32 + 4 * v + r] and byte >> 4 == q[j, 32 + 16 + 4 * v + r]
+    sm = block[256:].view(torch.float16).float()
+    assert torch.equal(sm[:16], scale[:16, 1]) and torch.equal(sm[16:], -scale[:16, 1])
+    assert int(packed[1, 4:64].count_nonzero()) == 0  # rows 17-31 of group 1 are zero
+    six = torch.tensor([[(5 * e + n) % 64 for e in range(32)] for n in range(2)], dtype=torch.uint8)
+    pairs = high_pairs(six)  # [2, 1, 8]
+    for n, h, p, r in [(0, 0, 0, 0), (1, 1, 3, 2), (0, 1, 2, 3)]:
+        assert (int(pairs[n, 0, 4 * h + r]) >> (2 * p)) & 3 == six[n, 16 * h + 4 * p + r] >> 4
