@@ -19,7 +19,7 @@ def measure_read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
     return data.numel() * 4 / best
 
 
-QUANT_SCALES = ("scales", "pairs", "scale")  # native kernels, PyTorch's int4 and its int8 kernel
+QUANT_SCALES = ("pairs", "scale")  # PyTorch's int4 and int8 kernels (the native ones pack theirs into `weight`)
 
 
 def linear_bytes(linear) -> int:

@@ -73,6 +73,10 @@ struct Weights {
   int64_t nb, groups, rows;
 };
 
+// Where group g's blocks start (g = groups: the end of the matrix).
+template <int Bits>
+inline const uint8_t* group_start(const Weights& w, int64_t g) { return w.packed + g * w.nb * block_bytes<Bits>(); }
+
 // Each block asks for the weights about kAheadBytes further on in the stream, into L2
 // (prefetcht1). Left to the hardware prefetcher alone, a core had too few reads in flight while it
 // computed, and a block's arithmetic and its stream added up instead of overlapping. 8-64 KB did
@@ -175,8 +179,8 @@ inline void load_codes(const uint8_t* w, __m512i* v) {
 // Group g's 16 rows for activation rows [m0, m0 + T): out[t · 16 + j] = row 16g + j.
 template <int Bits, int T>
 void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
-  const uint8_t* wg = w.packed + g * w.nb * block_bytes<Bits>();
-  const uint8_t* end = w.packed + w.groups * w.nb * block_bytes<Bits>();
+  const uint8_t* wg = group_start<Bits>(w, g);
+  const uint8_t* end = group_start<Bits>(w, w.groups);
   __m512 acc[T], accm[T];
   for (int t = 0; t < T; ++t) acc[t] = accm[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < w.nb; ++b) {
@@ -250,8 +254,8 @@ inline void load_codes(const uint8_t* w, int part, __m256i* v) {
 // running sum per row (the min term added right after the block's product term).
 template <int Bits, int T>
 void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
-  const uint8_t* wg = w.packed + g * w.nb * block_bytes<Bits>();
-  const uint8_t* end = w.packed + w.groups * w.nb * block_bytes<Bits>();
+  const uint8_t* wg = group_start<Bits>(w, g);
+  const uint8_t* end = group_start<Bits>(w, w.groups);
   __m256 acc[2][T];
   for (int part = 0; part < 2; ++part) {
     for (int t = 0; t < T; ++t) acc[part][t] = _mm256_setzero_ps();
@@ -307,7 +311,7 @@ inline int32_t code_at(const uint8_t* w, int64_t j, int64_t e) {
 
 template <int Bits, int T>
 void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
-  const uint8_t* wg = w.packed + g * w.nb * block_bytes<Bits>();
+  const uint8_t* wg = group_start<Bits>(w, g);
   for (int t = 0; t < T; ++t) {
     for (int64_t j = 0; j < kRows; ++j) {
       float acc = 0.f, accm = 0.f;
