@@ -10,7 +10,7 @@ import torch
 from saguaro.errors import UnsupportedEnvironmentError
 from saguaro.loading.loader import load_model
 from saguaro.quant import native as native_choice
-from saguaro.quant.grids import Int6Grid, grid_from_float
+from saguaro.quant.grids import Int4Grid, Int6Grid, grid_from_float
 from saguaro.quant.linear import Int4Linear, Int8Linear
 from saguaro.quant.native import build
 from saguaro.quant.native.linear import NativeInt4Linear, NativeInt6Linear, NativeInt8Linear, int8_blocks
@@ -89,6 +89,29 @@ def test_the_kernel_is_exact_integer_math_up_to_fp32_sums(bits):
     xq = int8_activations(x).double()
     err = (lin(x).double() - xq @ weight.double().t()).abs()
     assert bool((err <= 1e-5 * (xq.abs() @ weight.double().abs().t()) + 1e-6).all())
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_the_largest_codes_against_full_scale_activations_do_not_overflow(bits):
+    """Every code at its extreme and every activation at ±127 (constant rows): the AVX2 path sums
+    several byte-pair products in int16 before widening, which holds only inside these bounds.
+    The expected sums are exact integers, ±32 · 127 · the code per block."""
+    out, inp = 24, 256
+    signs = torch.where(torch.rand(out, inp, generator=G) < 0.5, -1.0, 1.0)
+    if bits == 4:  # codes 0 and 15, scale 1, min -8 (w = q - 8: -8 and 7)
+        q = torch.where(signs > 0, 15, 0).to(torch.uint8)
+        grid = Int4Grid(q, torch.ones(out, inp // 32), torch.zeros(out, inp // 32), 32)
+        lin, weight = NativeInt4Linear(grid, torch.float32), q.float() - 8
+    elif bits == 6:  # codes 0 and 63 (w = -32 and 31)
+        grid = Int6Grid(torch.where(signs > 0, 63, 0).to(torch.uint8), torch.ones(out, inp // 16))
+        lin, weight = NativeInt6Linear(grid, torch.float32), grid.dequantize()
+    else:  # ±127 codes, scale 1
+        weight = signs * 127
+        lin = NativeInt8Linear(weight, torch.float32)
+    x = torch.tensor([[1.0] * inp, [-1.0] * inp, [1.0, -1.0] * (inp // 2), [1.0] * (inp // 2) + [-1.0] * (inp // 2)])
+    expected = (x.double() @ weight.double().t())  # the activations round to ±127 · (1 / 127) exactly
+    assert torch.allclose(lin(x).double(), expected, rtol=1e-6, atol=1e-4)
+    assert torch.allclose(lin(x * 3.0).double(), 3 * expected, rtol=1e-6, atol=1e-3)
 
 
 @pytest.mark.parametrize("out", [40, 17, 1])
@@ -304,8 +327,9 @@ def _cpu_has(flag: str) -> bool:
 
 # The vector paths below the one this CPU builds by default: each built for an older CPU
 # (SAGUARO_QGEMM_MARCH) and run through this file's kernel tests in a fresh process (one build
-# per process registers the ops), so CI on an AVX-512 machine also runs the AVX2 and portable code.
-PATHS = [("haswell", "avx2", "avx2"), ("x86-64", "portable", "sse2")]
+# per process registers the ops), so CI on an AVX-512 machine also runs the AVX2 and portable
+# code, and the AVX2 + AVX-VNNI code where the CPU has AVX-VNNI.
+PATHS = [("haswell", "avx2", "avx2"), ("haswell+avxvnni", "avx2-vnni", "avx_vnni"), ("x86-64", "portable", "sse2")]
 
 
 @pytest.mark.parametrize("march, isa, needs", PATHS, ids=[p[1] for p in PATHS])

@@ -217,41 +217,131 @@ void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
 
 #elif SAGUARO_AVX2
 
-// Lane j: the 4 products of row j's codes (u8) and 4 activations (s8).
+// Code vector i (columns 4i..4i+3) of rows 8·part..8·part+7 of a block, at its true values.
 template <int Bits>
-inline __m256i lane_dot(__m256i w, __m256i x) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  // Codes up to 63: a pair of products stays inside maddubs' int16.
-  if constexpr (Bits != 8) return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
-  // Codes reach 255, where maddubs would saturate: multiply |q - 128| by x with q's sign, then
-  // add back 128 · Σ x.
-  const __m256i q = _mm256_xor_si256(w, _mm256_set1_epi8(static_cast<char>(0x80)));
-  const __m256i dot = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q)), ones);
-  const __m256i xsum = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), x), ones);
-  return _mm256_add_epi32(dot, _mm256_slli_epi32(xsum, 7));
+inline __m256i code_vector(const uint8_t* w, int part, int i) {
+  const auto at = [&](int64_t offset) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + offset + 32 * part));
+  };
+  if constexpr (Bits == 8) return at(64 * i);
+  const __m256i packed = at(64 * (i % 4));
+  __m256i v = _mm256_and_si256(i < 4 ? packed : _mm256_srli_epi16(packed, 4), _mm256_set1_epi8(0x0F));
+  if constexpr (Bits == 6) {
+    // Pair p = i % 4 sits at bits 2p: move it to bits 4-5 (16-bit shifts; the mask drops what crossed bytes).
+    const __m256i pairs = at(256 + 64 * (i / 4));
+    const int p = i % 4;
+    const __m256i top = p == 0 ? _mm256_slli_epi16(pairs, 4) : p == 1 ? _mm256_slli_epi16(pairs, 2)
+                        : p == 2 ? pairs : _mm256_srli_epi16(pairs, 2);
+    v = _mm256_or_si256(v, _mm256_and_si256(top, _mm256_set1_epi8(0x30)));
+  }
+  return v;
 }
 
-// Half `part` (rows 0-7 or 8-15) of a block's 8 code vectors, at their true values.
+// Activation codes 4i..4i+3 of a block, broadcast to every lane.
+inline __m256i activation_word(const int8_t* x, int i) {
+  int32_t word;
+  std::memcpy(&word, x + 4 * i, 4);
+  return _mm256_set1_epi32(word);
+}
+
+// Sums a block's products keeps apart: int6 scales each half (codes 0-15, 16-31) on its own.
 template <int Bits>
-inline void load_codes(const uint8_t* w, int part, __m256i* v) {
-  const __m256i nibble = _mm256_set1_epi8(0x0F);
-  for (int i = 0; i < kVectors; ++i) {
-    if constexpr (Bits == 8) {
-      v[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * i + 32 * part));
-    } else {
-      const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * (i % 4) + 32 * part));
-      v[i] = _mm256_and_si256(i < 4 ? packed : _mm256_srli_epi16(packed, 4), nibble);
-      if constexpr (Bits == 6) {
-        const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 256 + 64 * (i / 4) + 32 * part));
-        const __m256i top = _mm256_and_si256(_mm256_srli_epi16(pairs, 2 * (i % 4)), _mm256_set1_epi8(0x03));
-        v[i] = _mm256_or_si256(v[i], _mm256_slli_epi16(top, 4));
+constexpr int kHalves = Bits == 6 ? 2 : 1;
+
+// Calls finish(part, dots) with dots[t · halves + h] = Σ code · x over half h of the block for
+// activation row x[t], rows 8·part..8·part+7 in their 32-bit lanes (int8: the stored codes,
+// q + 128): exact integer sums.
+//
+// Int4 and int8 take both parts' codes for each broadcast activation word; int6, which keeps two
+// sums per row, takes one part at a time (and finishes it) so that its sums stay in registers.
+//
+// Without AVX-VNNI, maddubs adds pairs of u8 · s8 products into int16 and madd pairs of those into
+// the lane's int32. A pair stays under 2 · 127 · the largest code, so several maddubs results add
+// up in int16 before one madd: 8 for int4 (≤ 30,480), 2 for int6 (≤ 32,004). Int8 codes reach
+// 255, where maddubs would saturate: it multiplies |q − 128| by x with q's sign, and the caller
+// adds back 128 · Σ x once per block.
+template <int Bits, int T, typename Finish>
+inline void block_dots(const uint8_t* wb, const int8_t* const* x, Finish&& finish) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (Bits == 6) {
+    for (int part = 0; part < 2; ++part) {
+      __m256i dots[2 * T];
+      for (int i = 0; i < 2 * T; ++i) dots[i] = _mm256_setzero_si256();
+#if defined(__AVXVNNI__)
+#pragma GCC unroll 8  // int6 indexes its sums by half: fixed indices keep them in registers
+      for (int i = 0; i < kVectors; ++i) {
+        const __m256i v = code_vector<Bits>(wb, part, i);
+        for (int t = 0; t < T; ++t) {
+          dots[2 * t + i / 4] = _mm256_dpbusd_avx_epi32(dots[2 * t + i / 4], v, activation_word(x[t], i));
+        }
+      }
+#else
+#pragma GCC unroll 8
+      for (int r = 0; r < kVectors; r += 2) {
+        __m256i pairs[T];
+        for (int t = 0; t < T; ++t) pairs[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+        for (int i = r; i < r + 2; ++i) {
+          const __m256i v = code_vector<Bits>(wb, part, i);
+          for (int t = 0; t < T; ++t) pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(v, activation_word(x[t], i)));
+        }
+        for (int t = 0; t < T; ++t) dots[2 * t + r / 4] = _mm256_add_epi32(dots[2 * t + r / 4], _mm256_madd_epi16(pairs[t], ones));
+      }
+#endif
+      finish(part, dots);
+      // The next part broadcasts the same activation words: reloading them is cheaper than the
+      // 8 · T registers GCC otherwise spills to keep them.
+      asm volatile("" ::: "memory");
+    }
+  } else {
+    __m256i dots[2][T];
+    for (int t = 0; t < T; ++t) dots[0][t] = dots[1][t] = _mm256_setzero_si256();
+#if defined(__AVXVNNI__)
+    for (int i = 0; i < kVectors; ++i) {
+      const __m256i v[2] = {code_vector<Bits>(wb, 0, i), code_vector<Bits>(wb, 1, i)};
+      for (int t = 0; t < T; ++t) {
+        const __m256i word = activation_word(x[t], i);
+        for (int part = 0; part < 2; ++part) dots[part][t] = _mm256_dpbusd_avx_epi32(dots[part][t], v[part], word);
       }
     }
+#else
+    if constexpr (Bits == 8) {
+      for (int i = 0; i < kVectors; ++i) {
+        __m256i q[2], size[2];
+        for (int part = 0; part < 2; ++part) {
+          q[part] = _mm256_xor_si256(code_vector<Bits>(wb, part, i), _mm256_set1_epi8(static_cast<char>(0x80)));
+          size[part] = _mm256_abs_epi8(q[part]);
+        }
+        for (int t = 0; t < T; ++t) {
+          const __m256i word = activation_word(x[t], i);
+          for (int part = 0; part < 2; ++part) {
+            const __m256i pairs = _mm256_maddubs_epi16(size[part], _mm256_sign_epi8(word, q[part]));
+            dots[part][t] = _mm256_add_epi32(dots[part][t], _mm256_madd_epi16(pairs, ones));
+          }
+        }
+      }
+    } else {
+      __m256i pairs[2][T];
+      for (int t = 0; t < T; ++t) pairs[0][t] = pairs[1][t] = _mm256_setzero_si256();
+      for (int i = 0; i < kVectors; ++i) {
+        const __m256i v[2] = {code_vector<Bits>(wb, 0, i), code_vector<Bits>(wb, 1, i)};
+        for (int t = 0; t < T; ++t) {
+          const __m256i word = activation_word(x[t], i);
+          for (int part = 0; part < 2; ++part) pairs[part][t] = _mm256_add_epi16(pairs[part][t], _mm256_maddubs_epi16(v[part], word));
+        }
+      }
+      for (int part = 0; part < 2; ++part) {
+        for (int t = 0; t < T; ++t) dots[part][t] = _mm256_madd_epi16(pairs[part][t], ones);
+      }
+    }
+#endif
+    finish(0, dots[0]);
+    finish(1, dots[1]);
   }
 }
 
-// As the AVX-512 tile, 8 rows at a time: rows 0-7, then rows 8-15 of each block, with one
-// running sum per row (the min term added right after the block's product term).
+// As the AVX-512 tile, 8 rows at a time (rows 0-7 and 8-15 of each block), with one running
+// sum per row (the min term added right after the block's product term).
 template <int Bits, int T>
 void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
   const uint8_t* wg = group_start<Bits>(w, g);
@@ -263,34 +353,31 @@ void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
   for (int64_t b = 0; b < w.nb; ++b) {
     const uint8_t* wb = wg + b * block_bytes<Bits>();
     prefetch_ahead<Bits>(wb, end);
-    for (int part = 0; part < 2; ++part) {
-      __m256i v[kVectors];
-      load_codes<Bits>(wb, part, v);
+    const int8_t* x[T];
+    for (int t = 0; t < T; ++t) x[t] = a.q + ((m0 + t) * a.nb + b) * kBlock;
+    block_dots<Bits, T>(wb, x, [&](int part, const __m256i* dots) {
       const at::Half* sm = reinterpret_cast<const at::Half*>(wb + code_bytes<Bits>()) + 8 * part;
       const __m256 sc = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sm)));
       const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sm + kRows)));
       for (int t = 0; t < T; ++t) {
         const int64_t at = (m0 + t) * a.nb + b;
-        int32_t x[kVectors];
-        activation_words(a.q + at * kBlock, x);
-        __m256i dots[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};  // codes 0-15, 16-31
-        for (int i = 0; i < kVectors; ++i) {
-          dots[i / 4] = _mm256_add_epi32(dots[i / 4], lane_dot<Bits>(v[i], _mm256_set1_epi32(x[i])));
-        }
         const __m256 dx = _mm256_set1_ps(a.d[at]);
         __m256& sum = acc[part][t];
         if constexpr (Bits == 6) {  // sc, mn: the scales of the first and of the second halves
-          const __m256i lo = _mm256_sub_epi32(dots[0], _mm256_set1_epi32(a.h[2 * at] << 5));
-          const __m256i hi = _mm256_sub_epi32(dots[1], _mm256_set1_epi32(a.h[2 * at + 1] << 5));
+          const __m256i lo = _mm256_sub_epi32(dots[2 * t], _mm256_set1_epi32(a.h[2 * at] << 5));
+          const __m256i hi = _mm256_sub_epi32(dots[2 * t + 1], _mm256_set1_epi32(a.h[2 * at + 1] << 5));
           sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), _mm256_mul_ps(sc, dx), sum);
           sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi), _mm256_mul_ps(mn, dx), sum);
         } else {
-          const __m256i dot = _mm256_add_epi32(dots[0], dots[1]);
+          __m256i dot = dots[t];
+#if !defined(__AVXVNNI__)
+          if constexpr (Bits == 8) dot = _mm256_add_epi32(dot, _mm256_set1_epi32((a.h[2 * at] + a.h[2 * at + 1]) << 7));
+#endif
           sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(sc, dx), sum);
           sum = _mm256_fmadd_ps(mn, _mm256_set1_ps(a.s[at]), sum);
         }
       }
-    }
+    });
   }
   for (int part = 0; part < 2; ++part) {
     for (int t = 0; t < T; ++t) _mm256_storeu_ps(out + t * kRows + 8 * part, acc[part][t]);
@@ -413,6 +500,8 @@ at::Tensor qgemm(const at::Tensor& x, const at::Tensor& packed, int64_t bits, in
 std::string isa() {
 #if SAGUARO_AVX512
   return "avx512-vnni";
+#elif SAGUARO_AVX2 && defined(__AVXVNNI__)
+  return "avx2-vnni";
 #elif SAGUARO_AVX2
   return "avx2";
 #else
