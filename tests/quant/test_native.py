@@ -93,9 +93,10 @@ def test_the_kernel_is_exact_integer_math_up_to_fp32_sums(bits):
 
 @pytest.mark.parametrize("bits", [4, 6, 8])
 def test_the_largest_codes_against_full_scale_activations_do_not_overflow(bits):
-    """Every code at its extreme and every activation at ±127 (constant rows): the AVX2 path sums
-    several byte-pair products in int16 before widening, which holds only inside these bounds.
-    The expected sums are exact integers, ±32 · 127 · the code per block."""
+    """Every code at its extreme and every activation code at ±127 (rows of ±1 round to codes
+    ±127 with d = 1 / 127): the AVX2 path sums several byte-pair products in int16 before
+    widening, which holds only inside these bounds. An overflow would put the integer sum off
+    by a multiple of 65,536."""
     out, inp = 24, 256
     signs = torch.where(torch.rand(out, inp, generator=G) < 0.5, -1.0, 1.0)
     if bits == 4:  # codes 0 and 15, scale 1, min -8 (w = q - 8: -8 and 7)
@@ -109,7 +110,7 @@ def test_the_largest_codes_against_full_scale_activations_do_not_overflow(bits):
         weight = signs * 127
         lin = NativeInt8Linear(weight, torch.float32)
     x = torch.tensor([[1.0] * inp, [-1.0] * inp, [1.0, -1.0] * (inp // 2), [1.0] * (inp // 2) + [-1.0] * (inp // 2)])
-    expected = (x.double() @ weight.double().t())  # the activations round to ±127 · (1 / 127) exactly
+    expected = x.double() @ weight.double().t()
     assert torch.allclose(lin(x).double(), expected, rtol=1e-6, atol=1e-4)
     assert torch.allclose(lin(x * 3.0).double(), 3 * expected, rtol=1e-6, atol=1e-3)
 

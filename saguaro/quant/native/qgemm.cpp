@@ -141,10 +141,10 @@ void quantize_rows(const T* x, int64_t rows, int64_t nb, int8_t* q, float* d, fl
   });
 }
 
+#if SAGUARO_AVX512
+
 // The 4-byte groups of one block of activation codes, each to be broadcast to every lane.
 inline void activation_words(const int8_t* x, int32_t* words) { std::memcpy(words, x, kBlock); }
-
-#if SAGUARO_AVX512
 
 // A block's 8 vectors of codes (vector v: columns 4v..4v+3). Int4 high nibbles stay in place
 // (16 × the code): the caller shifts their sums back, which is exact.
