@@ -262,7 +262,9 @@ constexpr int kHalves = Bits == 6 ? 2 : 1;
 // adds back 128 · Σ x once per block.
 template <int Bits, int T, typename Finish>
 inline void block_dots(const uint8_t* wb, const int8_t* const* x, Finish&& finish) {
-  const __m256i ones = _mm256_set1_epi16(1);
+#if !defined(__AVXVNNI__)
+  const __m256i ones = _mm256_set1_epi16(1);  // madd's other operand: adds int16 pairs into int32
+#endif
   if constexpr (Bits == 6) {
     for (int part = 0; part < 2; ++part) {
       __m256i dots[2 * T];
