@@ -244,6 +244,10 @@ inline __m256i activation_word(const int8_t* x, int i) {
   return _mm256_set1_epi32(word);
 }
 
+// An opaque step that keeps a running sum in a register: GCC otherwise reassociates a chain of
+// integer adds, computes all the products first and spills most of them to the stack.
+inline void in_register(__m256i& v) { asm("" : "+x"(v)); }
+
 // Sums a block's products keeps apart: int6 scales each half (codes 0-15, 16-31) on its own.
 template <int Bits>
 constexpr int kHalves = Bits == 6 ? 2 : 1;
@@ -286,8 +290,12 @@ inline void block_dots(const uint8_t* wb, const int8_t* const* x, Finish&& finis
         for (int i = r; i < r + 2; ++i) {
           const __m256i v = code_vector<Bits>(wb, part, i);
           for (int t = 0; t < T; ++t) pairs[t] = _mm256_add_epi16(pairs[t], _mm256_maddubs_epi16(v, activation_word(x[t], i)));
+          for (int t = 0; t < T; ++t) in_register(pairs[t]);
         }
-        for (int t = 0; t < T; ++t) dots[2 * t + r / 4] = _mm256_add_epi32(dots[2 * t + r / 4], _mm256_madd_epi16(pairs[t], ones));
+        for (int t = 0; t < T; ++t) {
+          dots[2 * t + r / 4] = _mm256_add_epi32(dots[2 * t + r / 4], _mm256_madd_epi16(pairs[t], ones));
+          in_register(dots[2 * t + r / 4]);
+        }
       }
 #endif
       finish(part, dots);
@@ -308,6 +316,7 @@ inline void block_dots(const uint8_t* wb, const int8_t* const* x, Finish&& finis
     }
 #else
     if constexpr (Bits == 8) {
+#pragma GCC unroll 8
       for (int i = 0; i < kVectors; ++i) {
         __m256i q[2], size[2];
         for (int part = 0; part < 2; ++part) {
@@ -321,15 +330,22 @@ inline void block_dots(const uint8_t* wb, const int8_t* const* x, Finish&& finis
             dots[part][t] = _mm256_add_epi32(dots[part][t], _mm256_madd_epi16(pairs, ones));
           }
         }
+        for (int t = 0; t < T; ++t) {
+          for (int part = 0; part < 2; ++part) in_register(dots[part][t]);
+        }
       }
     } else {
       __m256i pairs[2][T];
       for (int t = 0; t < T; ++t) pairs[0][t] = pairs[1][t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
       for (int i = 0; i < kVectors; ++i) {
         const __m256i v[2] = {code_vector<Bits>(wb, 0, i), code_vector<Bits>(wb, 1, i)};
         for (int t = 0; t < T; ++t) {
           const __m256i word = activation_word(x[t], i);
           for (int part = 0; part < 2; ++part) pairs[part][t] = _mm256_add_epi16(pairs[part][t], _mm256_maddubs_epi16(v[part], word));
+        }
+        for (int t = 0; t < T; ++t) {
+          for (int part = 0; part < 2; ++part) in_register(pairs[part][t]);
         }
       }
       for (int part = 0; part < 2; ++part) {
