@@ -3,7 +3,10 @@
 The draft must finish the glue forward and K branch steps within one verification, or the target
 waits; among plans that fit, pick the one with the most expected tokens per second. Start-up
 timings are taken with the other side idle; `Observed` rescales them by what the rounds of a
-batch measured (both sides busy at once) so the next batch re-plans on real costs.
+batch measured (both sides busy at once) so the next batch re-plans on real costs. Every round
+also pays a fixed cost outside both sides' work (the outcome and the reply crossing the link, the
+cache lookup, the target's bookkeeping), which favours fewer, longer rounds; it is measured from
+the rounds too.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 
 MAX_BRANCHES = 64  # the largest speculation cache a batch row may hold
+ACCEPT_PRIOR = 0.8  # per-token acceptance assumed before any round is measured
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,10 @@ def choose_plan(
     verify_s: dict[int, float],  # K -> seconds to verify K + 1 tokens
     glue_s: dict[int, float],  # K -> seconds of the draft's glue forward over K + 1 tokens
     step_s: dict[int, float],  # branches -> seconds of one batched branch step
-    accept_rate: float = 0.8,
+    accept_rate: float = ACCEPT_PRIOR,
     max_fan: int = 4,
     jit_step_s: float | None = None,  # one draft forward, what a miss costs per token (neural backup)
+    overhead_s: float = 0.0,  # a round's fixed cost besides both sides' work
 ) -> Plan:
     """The plan (K, B) maximising expected tokens per second, counting misses' backup cost."""
     best, best_score = None, -1.0
@@ -79,22 +84,22 @@ def choose_plan(
             branches = fan * (k + 1)
             if branches > MAX_BRANCHES:
                 break
-            plan, score = score_plan(k, branches, verify_s, glue_s, step_s, accept_rate, jit_step_s)
+            plan, score = score_plan(k, branches, verify_s, glue_s, step_s, accept_rate, jit_step_s, overhead_s)
             if score > best_score:
                 best, best_score = plan, score
     return best
 
 
 def score_plan(k: int, branches: int, verify_s: dict[int, float], glue_s: dict[int, float],
-               step_s: dict[int, float], accept_rate: float = 0.8,
-               jit_step_s: float | None = None) -> tuple[Plan, float]:
+               step_s: dict[int, float], accept_rate: float = ACCEPT_PRIOR,
+               jit_step_s: float | None = None, overhead_s: float = 0.0) -> tuple[Plan, float]:
     """(the plan, its expected tokens per second) for K and B under the given timings."""
     step1 = jit_step_s if jit_step_s is not None else _interpolate(step_s, 1)
     draft = glue_s.get(k, _interpolate(glue_s, k)) + k * _interpolate(step_s, branches)
     plan = Plan(k, branches, draft, verify_s[k])
     hit = hit_prior(branches / (k + 1), k, accept_rate)
-    # A round lasts the longer of the two sides; a miss adds K draft steps of backup.
-    round_s = max(plan.verify_s, draft) + (1 - hit) * k * step1
+    # A round lasts the longer of the two sides plus its fixed cost; a miss adds K draft steps of backup.
+    round_s = max(plan.verify_s, draft) + overhead_s + (1 - hit) * k * step1
     return plan, expected_tokens(k, accept_rate) / round_s
 
 
@@ -105,6 +110,7 @@ class Tables:
     verify_s: dict[int, float]  # K -> target verification of K + 1 tokens
     glue_s: dict[int, float]  # K -> draft glue forward over K + 1 tokens
     step_s: dict[int, float]  # branches -> one batched branch step
+    overhead_s: float = 0.0  # a round's fixed cost (unknown at start-up: 0)
 
 
 @dataclass
@@ -114,14 +120,19 @@ class Observed:
     verify_s: list[float] = field(default_factory=list)
     glue_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
+    overhead_s: list[float] = field(default_factory=list)
     accepted: int = 0
     trials: int = 0  # accepted tokens plus first rejections: per-token acceptance = accepted / trials
 
     def record(self, verify_s: float, glue_s: float, branch_s: float, k: int,
-               outcomes: list[tuple[int, int]], spec_lengths: list[int]) -> None:
+               outcomes: list[tuple[int, int]], spec_lengths: list[int], overhead_s: float | None = None) -> None:
+        """One round's timings; `overhead_s`, where known, is the round's length past the longer
+        side and the last miss's backup."""
         self.verify_s.append(verify_s)
         self.glue_s.append(glue_s)
         self.step_s.append(branch_s / max(k, 1))
+        if overhead_s is not None:
+            self.overhead_s.append(max(overhead_s, 0.0))
         for (n, _), kb in zip(outcomes, spec_lengths):
             self.accepted += n
             self.trials += n + int(n < kb)
@@ -131,14 +142,16 @@ class Observed:
         return len(self.verify_s)
 
     def rescaled(self, tables: Tables, k: int, branches: int) -> Tables:
-        """The start-up tables times the measured/start-up ratio of each side (medians)."""
+        """The start-up tables times the measured/start-up ratio of each side (medians), with the
+        measured fixed cost of a round."""
         fv = statistics.median(self.verify_s) / tables.verify_s[k]
         fg = statistics.median(self.glue_s) / tables.glue_s[k]
         fs = statistics.median(self.step_s) / _interpolate(tables.step_s, branches)
+        overhead = statistics.median(self.overhead_s) if self.overhead_s else tables.overhead_s
         return Tables({kk: v * fv for kk, v in tables.verify_s.items()},
                       {kk: v * fg for kk, v in tables.glue_s.items()},
-                      {b: v * fs for b, v in tables.step_s.items()})
+                      {b: v * fs for b, v in tables.step_s.items()}, overhead)
 
-    def accept_rate(self, prior: float = 0.8) -> float:
+    def accept_rate(self, prior: float = ACCEPT_PRIOR) -> float:
         """Per-token acceptance, as `expected_tokens` means it (a round stops at its first rejection)."""
         return self.accepted / self.trials if self.trials else prior

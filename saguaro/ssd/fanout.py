@@ -17,6 +17,13 @@ def flat_fanout(k: int, f: int) -> list[int]:
     return [f] * (k + 1)
 
 
+def cap_fanout(fanout: Sequence[int], vocab: int) -> list[int]:
+    """Each F_n at most the guesses the vocabulary has: vocab - 1 where n < K (a recovery token is
+    never s_{n+1}), vocab for the bonus token. Only a tiny vocabulary ever needs it."""
+    k = len(fanout) - 1
+    return [min(f, vocab - (1 if n < k else 0)) for n, f in enumerate(fanout)]
+
+
 def _largest_remainder(weights: Sequence[float], total: int) -> list[int]:
     """Integers >= 0 proportional to weights that sum exactly to total (Hamilton's method)."""
     weight_sum = sum(weights)

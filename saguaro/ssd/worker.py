@@ -24,9 +24,9 @@ import torch
 from saguaro.drafters.ngram import ngram_propose
 from saguaro.sampling.params import SamplingParams
 from saguaro.ssd.branches import BranchDrafter, DraftSequence
-from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, score_plan
+from saguaro.ssd.budget import ACCEPT_PRIOR, MAX_BRANCHES, Observed, Tables, choose_plan, score_plan
 from saguaro.ssd.channel import Channel
-from saguaro.ssd.fanout import AcceptanceTracker, flat_fanout, validate_fanout
+from saguaro.ssd.fanout import AcceptanceTracker, cap_fanout, flat_fanout, validate_fanout
 from saguaro.ssd.protocol import CMD_END, K_MAX, Reply, decode_outcomes, encode_reply, outcome_buffer, pack_q
 from saguaro.ssd.spec_cache import CacheEntry
 
@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 MIN_ROUNDS_TO_REPLAN = 8
 IN_BATCH_REPLAN_ROUNDS = 16  # rounds between re-plans within a batch
 REPLAN_MARGIN = 0.03  # a new plan must promise 3% more tokens/s than the current one
+ACCEPT_MEMORY = 0.9  # weight of the earlier rounds' acceptance at each re-plan (one prompt's is noisy)
+# Start-up timings: each the fastest of two (one alone once made a 3-token glue look slower than a
+# 4-token one), and branch steps at the widths plans use most (on CPU a step's cost is not linear in
+# its width: 6 rows ran as a 4-row and a 2-row tile, 20% above the 4-8 interpolation).
+TIMING_REPEATS = 2
+STEP_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+ACCEPT_PRIOR_TRIALS = 20  # the prior's weight in trials: 16 easy rounds alone would ask for a long K
 DRAFT_SEED_SALT = 0x5A6A  # the draft's random stream differs from the target's for the same seed
 
 
@@ -168,6 +175,7 @@ class Worker:
         self._step_times: dict[int, float] = {}
         self._plans: dict[tuple, tuple[int, list[int], int]] = {}  # per batch shape, re-planned after each batch
         self._tables: dict[tuple, tuple[Tables, object, int | None]] = {}  # start-up timings of automatic plans
+        self._acceptance: dict[tuple, tuple[float, float]] = {}  # per batch shape: decayed (accepted, trials)
 
     def serve(self) -> None:
         while True:
@@ -205,6 +213,7 @@ class Worker:
         rows = len(seqs)
         entries = self.drafter.jit(list(range(rows)), k, fanout)
         self._reply(max_b, k, [entries[b] for b in range(rows)], [False] * rows, {"k": k, "branches": budget})
+        last_arrival, last_backup_s = None, 0.0
         while True:
             buf = outcome_buffer(max_b)
             work = self.channel.recv_async(buf)
@@ -213,14 +222,18 @@ class Worker:
             stats = self.drafter.draft_branches(k, fanout)
             idle_start = time.perf_counter()
             work.wait()
-            stats["idle_s"] = time.perf_counter() - idle_start
+            arrival = time.perf_counter()
+            stats["idle_s"] = arrival - idle_start
             cmd, keep, outcomes, verify_us, added = decode_outcomes(buf)
             if cmd == CMD_END:
                 self._replan(key, observed)
                 return
             kept = sum(keep)
+            # Outcome to outcome, past the last backup and the longer side: the round's fixed cost.
+            overhead = None if last_arrival is None else (
+                arrival - last_arrival - last_backup_s - max(verify_us / 1e6, stats["glue_s"] + stats["branch_s"]))
             observed.record(verify_us / 1e6, stats["glue_s"], stats["branch_s"], k, outcomes[:kept],
-                            [len(s.speculation) for b, s in enumerate(self.drafter.seqs) if keep[b]])
+                            [len(s.speculation) for b, s in enumerate(self.drafter.seqs) if keep[b]], overhead)
             self.rounds += 1
             if self.cfg.fault_after_rounds is not None and self.rounds >= self.cfg.fault_after_rounds:
                 if self.in_process:
@@ -245,8 +258,9 @@ class Worker:
             for b, entry in self._backup(missed, k, fanout, backup).items():
                 found[b] = entry
             stats["backup_s"] = time.perf_counter() - backup_start
+            last_arrival, last_backup_s = arrival, stats["backup_s"]
             if msg["fanout"] == "geometric":
-                fanout = self.tracker.fanout(k, budget)
+                fanout = cap_fanout(self.tracker.fanout(k, budget), self.cfg.target_vocab)
             stats.update(k=k, branches=sum(fanout))
             self._reply(max_b, k, found, [b not in missed for b in range(len(found))], stats)
             # Re-plan within the batch too, between one reply and the next round's drafting (so
@@ -299,22 +313,32 @@ class Worker:
         tables, fan_spec, fixed_fan = self._tables[key]
         k, _, branches = self._plans[key]
         scaled = observed.rescaled(tables, k, branches)
-        timings = (scaled.verify_s, scaled.glue_s, scaled.step_s, observed.accept_rate())
-        plan = choose_plan(*timings)
-        _, now_score = score_plan(k, branches, *timings)
-        _, new_score = score_plan(plan.k, plan.branches, *timings)
+        timings = (scaled.verify_s, scaled.glue_s, scaled.step_s, self._accept_rate(key, observed))
+        plan = choose_plan(*timings, overhead_s=scaled.overhead_s)
+        _, now_score = score_plan(k, branches, *timings, overhead_s=scaled.overhead_s)
+        _, new_score = score_plan(plan.k, plan.branches, *timings, overhead_s=scaled.overhead_s)
         if new_score < now_score * (1 + REPLAN_MARGIN):
             return False  # not clearly better: two near-equal plans would otherwise alternate
         budget = plan.branches if fixed_fan is None else fixed_fan * (plan.k + 1)
         log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d)",
                  plan.k, budget, k, branches)
-        self._plans[key] = (plan.k, self._fanout(fan_spec, plan.k, budget), budget)
+        fanout = self._fanout(fan_spec, plan.k, budget)
+        self._plans[key] = (plan.k, fanout, sum(fanout))
         return True
+
+    def _accept_rate(self, key: tuple, observed: Observed) -> float:
+        """Per-token acceptance of these rounds, the earlier ones of this batch shape (decayed) and
+        the prior: one prompt's rounds alone would swing the plan from one prompt to the next, and
+        a long K chosen on a few easy rounds costs more than a short one."""
+        accepted, trials = self._acceptance.get(key, (ACCEPT_PRIOR * ACCEPT_PRIOR_TRIALS, ACCEPT_PRIOR_TRIALS))
+        accepted, trials = accepted + observed.accepted, trials + observed.trials
+        self._acceptance[key] = (ACCEPT_MEMORY * accepted, ACCEPT_MEMORY * trials)
+        return accepted / trials
 
     def _fanout(self, fan_spec, k: int, budget: int) -> list[int]:
         if fan_spec == "geometric":
-            return self.tracker.fanout(k, budget)
-        return flat_fanout(k, max(1, budget // (k + 1)))
+            return cap_fanout(self.tracker.fanout(k, budget), self.cfg.target_vocab)
+        return cap_fanout(flat_fanout(k, max(1, budget // (k + 1))), self.cfg.target_vocab)
 
     def _plan(self, msg: dict, seqs: list[DraftSequence], key: tuple) -> tuple[int, list[int], int]:
         """K, the fan-out and its sum B: given explicitly, or chosen from measured latencies."""
@@ -343,26 +367,29 @@ class Worker:
         fanout = self._fanout(fan_spec, k, budget)
         return k, fanout, sum(fanout)
 
-    def _time_feed(self, rows: list[list[int]]) -> float:
+    def _time_feed(self, rows: list[list[int]], repeats: int = TIMING_REPEATS) -> float:
+        """Seconds of a feed: the fastest of `repeats` (a busy neighbour only ever adds time)."""
         cache = self.drafter.cache
         lengths = list(cache.lengths)
-        self.runner.sync()
-        start = time.perf_counter()
-        self.runner.feed(cache, rows, all_logits=True)
-        self.runner.sync()
-        elapsed = time.perf_counter() - start
-        for b, n in enumerate(lengths):
-            cache.truncate(b, n)
-        return elapsed
+        times = []
+        for _ in range(repeats):
+            self.runner.sync()
+            start = time.perf_counter()
+            self.runner.feed(cache, rows, all_logits=True)
+            self.runner.sync()
+            times.append(time.perf_counter() - start)
+            for b, n in enumerate(lengths):
+                cache.truncate(b, n)
+        return min(times)
 
     def _glue_times(self, verify: dict, batch: int) -> dict[int, float]:
-        self._time_feed([[0]] * batch)  # warm-up
+        self._time_feed([[0]] * batch, repeats=1)  # warm-up
         return {k: self._time_feed([[0] * (k + 1)] * batch) for k in verify}
 
     def _branch_times(self, batch: int) -> dict[int, float]:
         # A batched branch step costs about what a feed of that many tokens per row costs.
         if not self._step_times:
-            for width in (1, 4, 8, 16, 32):
+            for width in STEP_WIDTHS:
                 self._step_times[width] = self._time_feed([[0] * width] * batch)
         return dict(self._step_times)
 

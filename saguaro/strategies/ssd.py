@@ -166,6 +166,6 @@ class SSDStrategy(Strategy):
             for k in ks:
                 if self.target.graphs is not None:
                     verify(k)  # the first one captures the CUDA graph
-                times[k] = verify(k)
+                times[k] = min(verify(k) for _ in range(2))  # the fastest of two: a neighbour only adds time
             self._verify_s[batch] = times
         return self._verify_s[batch]

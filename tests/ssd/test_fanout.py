@@ -3,8 +3,10 @@
 import random
 
 import pytest
+import torch
 
-from saguaro.ssd.fanout import AcceptanceTracker, flat_fanout, geometric_fanout, validate_fanout
+from saguaro.ssd.fanout import AcceptanceTracker, cap_fanout, flat_fanout, geometric_fanout, validate_fanout
+from saguaro.ssd.outcomes import predict_outcomes_batch
 
 
 def test_flat():
@@ -98,3 +100,12 @@ def test_tracker_miss_rates_only_use_outcomes_with_enough_guesses():
     assert t.miss_rates() == {1: 1.0, 2: 0.0}
     with pytest.raises(ValueError):
         t.record_guess(2, 2)
+
+
+def test_a_fanout_never_asks_for_more_guesses_than_the_vocabulary_has():
+    # An 8-token vocabulary: 7 recovery tokens at n < K (s_{n+1} is never one), 8 bonus tokens.
+    assert cap_fanout([8, 3, 9], vocab=8) == [7, 3, 8]
+    assert cap_fanout([2, 2, 2], vocab=151_936) == [2, 2, 2]
+    q = torch.softmax(torch.randn(1, 3, 8), dim=-1)
+    guesses = predict_outcomes_batch(q, torch.tensor([[1, 2]]), cap_fanout([8, 3, 9], 8))[0]
+    assert len(guesses) == 18 and len(set(guesses)) == 18

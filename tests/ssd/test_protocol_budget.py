@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, expected_tokens, hit_prior
+from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, expected_tokens, hit_prior, score_plan
 from saguaro.ssd.placement import parse_cores, split_cores
 from saguaro.ssd.protocol import (CMD_END, CMD_ROUND, K_MAX, Reply, decode_outcomes, decode_reply,
                                   encode_end, encode_outcomes, encode_reply, pack_q)
@@ -134,3 +134,51 @@ def test_the_budget_takes_a_longer_k_over_a_wider_cache_when_acceptance_is_high(
     assert (high.k, high.branches) == (2, 3)
     low = choose_plan(verify, glue, step, accept_rate=0.7)
     assert low.k == 1
+
+
+def test_a_rounds_fixed_cost_favours_fewer_longer_rounds():
+    # A 2-token verify in 40 ms, a 3-token one in 56: K = 1 scores 45.9 tokens/s and K = 2 45.5
+    # (misses counted), until each round also pays 3 ms outside both sides' work: 42.8 and 43.4.
+    verify = {1: 0.040, 2: 0.056}
+    glue = {1: 0.010, 2: 0.012}
+    step = {1: 0.010, 4: 0.012, 8: 0.020}
+    assert choose_plan(verify, glue, step, accept_rate=0.9, max_fan=1).k == 1
+    assert choose_plan(verify, glue, step, accept_rate=0.9, max_fan=1, overhead_s=0.003).k == 2
+    _, free = score_plan(2, 3, verify, glue, step, 0.9)
+    _, paid = score_plan(2, 3, verify, glue, step, 0.9, overhead_s=0.003)
+    assert paid < free
+
+
+def test_observed_rounds_measure_the_fixed_cost_of_a_round():
+    tables = Tables({1: 0.04, 2: 0.05}, {1: 0.01, 2: 0.012}, {1: 0.01, 8: 0.02}, overhead_s=0.002)
+    obs = Observed()
+    obs.record(0.05, 0.012, 0.02, 2, [(2, 1)], [2])  # the first round of a batch: no overhead known
+    assert obs.rescaled(tables, 2, 3).overhead_s == 0.002  # nothing measured: the tables' own
+    for overhead in (0.001, 0.004, -0.001, 0.003):  # a negative one (timer jitter) counts as 0
+        obs.record(0.05, 0.012, 0.02, 2, [(2, 1)], [2], overhead)
+    assert obs.overhead_s == [0.001, 0.004, 0.0, 0.003]
+    assert obs.rescaled(tables, 2, 3).overhead_s == pytest.approx(0.002)  # the median
+
+
+def test_re_plans_weigh_the_prior_and_earlier_batches_acceptance_too():
+    from types import SimpleNamespace
+
+    from saguaro.ssd.budget import ACCEPT_PRIOR
+    from saguaro.ssd.worker import ACCEPT_MEMORY, ACCEPT_PRIOR_TRIALS, Worker
+
+    worker = SimpleNamespace(_acceptance={})
+    easy, hard = Observed(), Observed()
+    easy.accepted, easy.trials = 32, 32  # 16 rounds of K = 2, every token accepted
+    hard.accepted, hard.trials = 30, 60
+    key, other = (1, None, "flat", False), (2, None, "flat", False)
+    prior = (ACCEPT_PRIOR * ACCEPT_PRIOR_TRIALS, ACCEPT_PRIOR_TRIALS)
+    first = Worker._accept_rate(worker, key, easy)
+    assert first == pytest.approx((prior[0] + 32) / (prior[1] + 32))
+    assert ACCEPT_PRIOR < first < 0.95  # a few easy rounds are not yet a long K's case
+    # A hard prompt next: its own 0.5, pulled up by the decayed earlier rounds and prior.
+    pooled = Worker._accept_rate(worker, key, hard)
+    assert pooled == pytest.approx((ACCEPT_MEMORY * (prior[0] + 32) + 30) / (ACCEPT_MEMORY * (prior[1] + 32) + 60))
+    assert 0.5 < pooled < first
+    alone = Worker._accept_rate(worker, other, hard)  # another batch shape: the prior and its own rounds
+    assert alone == pytest.approx((prior[0] + 30) / (prior[1] + 60))
+    assert Worker._accept_rate(worker, (3,), Observed()) == pytest.approx(ACCEPT_PRIOR)
