@@ -228,6 +228,8 @@ class Worker:
             if cmd == CMD_END:
                 self._replan(key, observed)
                 return
+            if len(keep) < len(self.drafter.seqs):  # a zeroed buffer: the engine died mid-round
+                raise ConnectionError("the engine's outcome message was cut short: the link closed")
             kept = sum(keep)
             # Outcome to outcome, past the last backup and the longer side: the round's fixed cost.
             overhead = None if last_arrival is None else (
