@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 MAX_BRANCHES = 64  # the largest speculation cache a batch row may hold
 ACCEPT_PRIOR = 0.8  # per-token acceptance assumed before any round is measured
+# Each start-up timing (verify, glue, branch step) is the fastest of this many: a busy neighbour
+# only ever adds time, and one timing alone once made a 3-token glue look slower than a 4-token one.
+TIMING_REPEATS = 2
 
 
 @dataclass(frozen=True)

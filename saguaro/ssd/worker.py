@@ -24,7 +24,7 @@ import torch
 from saguaro.drafters.ngram import ngram_propose
 from saguaro.sampling.params import SamplingParams
 from saguaro.ssd.branches import BranchDrafter, DraftSequence
-from saguaro.ssd.budget import ACCEPT_PRIOR, MAX_BRANCHES, Observed, Tables, choose_plan, score_plan
+from saguaro.ssd.budget import ACCEPT_PRIOR, MAX_BRANCHES, TIMING_REPEATS, Observed, Tables, choose_plan, score_plan
 from saguaro.ssd.channel import Channel
 from saguaro.ssd.fanout import AcceptanceTracker, cap_fanout, flat_fanout, validate_fanout
 from saguaro.ssd.protocol import CMD_END, K_MAX, Reply, decode_outcomes, encode_reply, outcome_buffer, pack_q
@@ -35,10 +35,8 @@ MIN_ROUNDS_TO_REPLAN = 8
 IN_BATCH_REPLAN_ROUNDS = 16  # rounds between re-plans within a batch
 REPLAN_MARGIN = 0.03  # a new plan must promise 3% more tokens/s than the current one
 ACCEPT_MEMORY = 0.9  # weight of the earlier rounds' acceptance at each re-plan (one prompt's is noisy)
-# Start-up timings: each the fastest of two (one alone once made a 3-token glue look slower than a
-# 4-token one), and branch steps at the widths plans use most (on CPU a step's cost is not linear in
-# its width: 6 rows ran as a 4-row and a 2-row tile, 20% above the 4-8 interpolation).
-TIMING_REPEATS = 2
+# Branch steps are timed at the widths plans use most: on CPU a step's cost is not linear in its
+# width (a 6-branch step measured 34 ms in SSD rounds against 29 interpolated from 4 and 8).
 STEP_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 ACCEPT_PRIOR_TRIALS = 20  # the prior's weight in trials: 16 easy rounds alone would ask for a long K
 DRAFT_SEED_SALT = 0x5A6A  # the draft's random stream differs from the target's for the same seed
@@ -262,7 +260,7 @@ class Worker:
             stats["backup_s"] = time.perf_counter() - backup_start
             last_arrival, last_backup_s = arrival, stats["backup_s"]
             if msg["fanout"] == "geometric":
-                fanout = cap_fanout(self.tracker.fanout(k, budget), self.cfg.target_vocab)
+                fanout = self._fanout("geometric", k, budget)
             stats.update(k=k, branches=sum(fanout))
             self._reply(max_b, k, found, [b not in missed for b in range(len(found))], stats)
             # Re-plan within the batch too, between one reply and the next round's drafting (so
@@ -339,8 +337,10 @@ class Worker:
 
     def _fanout(self, fan_spec, k: int, budget: int) -> list[int]:
         if fan_spec == "geometric":
-            return cap_fanout(self.tracker.fanout(k, budget), self.cfg.target_vocab)
-        return cap_fanout(flat_fanout(k, max(1, budget // (k + 1))), self.cfg.target_vocab)
+            fanout = self.tracker.fanout(k, budget)
+        else:
+            fanout = flat_fanout(k, max(1, budget // (k + 1)))
+        return cap_fanout(fanout, self.cfg.target_vocab)
 
     def _plan(self, msg: dict, seqs: list[DraftSequence], key: tuple) -> tuple[int, list[int], int]:
         """K, the fan-out and its sum B: given explicitly, or chosen from measured latencies."""

@@ -14,6 +14,7 @@ from saguaro.engine.runner import ModelRunner
 from saguaro.engine.sequence import Sequence
 from saguaro.kv_cache import KVCache
 from saguaro.metrics import SpeculationStats
+from saguaro.ssd.budget import TIMING_REPEATS
 from saguaro.ssd.client import WorkerClient, WorkerFault
 from saguaro.ssd.protocol import K_MAX, Reply
 from saguaro.ssd.ssd_stats import SSDStats
@@ -166,6 +167,6 @@ class SSDStrategy(Strategy):
             for k in ks:
                 if self.target.graphs is not None:
                     verify(k)  # the first one captures the CUDA graph
-                times[k] = min(verify(k) for _ in range(2))  # the fastest of two: a neighbour only adds time
+                times[k] = min(verify(k) for _ in range(TIMING_REPEATS))
             self._verify_s[batch] = times
         return self._verify_s[batch]
