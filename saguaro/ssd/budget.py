@@ -2,8 +2,9 @@
 
 The draft must finish the glue forward and K branch steps within one verification, or the target
 waits; among plans that fit, pick the one with the most expected tokens per second. Start-up
-timings are taken with the other side idle; `Observed` rescales them by what the rounds of a
-batch measured (both sides busy at once) so the next batch re-plans on real costs. Every round
+timings are taken with the other side idle; re-plans score them as the rounds measured them (both
+sides busy at once): what a plan's rounds measured stands for that K and width (`Seen`), and the
+rest is modelled from it (`Observed.rescaled`). Every round
 also pays a fixed cost outside both sides' work (the outcome and the reply crossing the link, the
 cache lookup, the target's bookkeeping), which favours fewer, longer rounds; it is measured from
 the rounds too.
@@ -106,6 +107,24 @@ def score_plan(k: int, branches: int, verify_s: dict[int, float], glue_s: dict[i
     return plan, expected_tokens(k, accept_rate) / round_s
 
 
+def verify_under_load(alone: dict[int, float], seen: dict[int, float], now: int) -> dict[int, float]:
+    """The target's verification times with the draft working beside it, per K.
+
+    `alone`: start-up times (the draft idle); `seen`: medians measured in rounds, at K = `now`
+    and maybe at other K earlier. Both sides read their weights from one memory, so the draft's
+    stream slows a verify that waits on its own stream (a short one) far more than one that waits
+    on its arithmetic (a long one on a narrow CPU): on AVX2, 2 tokens took 38.5 ms alone and 49
+    under load, 3 tokens 55 alone and 52-59 under load. One ratio for every K turned the first
+    into 70 ms for the second, so the budget never left K = 1 for the 10% faster K = 2.
+    A verify reads all the weights whatever K, so a K not seen takes at least the fastest
+    verify seen under load, and at least its own start-up time (scaled down only where the rounds
+    ran faster than start-up, when a neighbour slowed the start-up timings).
+    """
+    scale = min(1.0, seen[now] / alone[now])
+    floor = min(seen.values())
+    return {k: seen[k] if k in seen else max(v * scale, floor) for k, v in alone.items()}
+
+
 @dataclass
 class Tables:
     """Start-up measurements a plan is chosen from."""
@@ -114,6 +133,23 @@ class Tables:
     glue_s: dict[int, float]  # K -> draft glue forward over K + 1 tokens
     step_s: dict[int, float]  # branches -> one batched branch step
     overhead_s: float = 0.0  # a round's fixed cost (unknown at start-up: 0)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Medians that rounds measured under load, kept across a batch shape's re-plans: the
+    target's verify and the draft's glue per K, a branch step per width. Measured beats
+    modelled: a plan tried once is scored on what it did."""
+
+    verify_s: dict[int, float] = field(default_factory=dict)
+    glue_s: dict[int, float] = field(default_factory=dict)
+    step_s: dict[int, float] = field(default_factory=dict)
+
+    def with_rounds(self, observed: Observed, k: int, branches: int) -> Seen:
+        """These, with the medians of `observed` (rounds at K and B) in place of earlier ones."""
+        return Seen(self.verify_s | {k: statistics.median(observed.verify_s)},
+                    self.glue_s | {k: statistics.median(observed.glue_s)},
+                    self.step_s | {branches: statistics.median(observed.step_s)})
 
 
 @dataclass
@@ -144,16 +180,19 @@ class Observed:
     def rounds(self) -> int:
         return len(self.verify_s)
 
-    def rescaled(self, tables: Tables, k: int, branches: int) -> Tables:
-        """The start-up tables times the measured/start-up ratio of each side (medians), with the
-        measured fixed cost of a round."""
-        fv = statistics.median(self.verify_s) / tables.verify_s[k]
-        fg = statistics.median(self.glue_s) / tables.glue_s[k]
-        fs = statistics.median(self.step_s) / _interpolate(tables.step_s, branches)
+    def rescaled(self, tables: Tables, k: int, branches: int, seen: Seen | None = None) -> Tables:
+        """The tables as both sides busy at once make them. What rounds measured stands as
+        measured (`seen`: these rounds at K and B included, and maybe earlier ones at other K and
+        widths; by default these alone); the target's other K follow `verify_under_load`, the
+        draft's other times the measured/start-up ratio of these rounds (medians). The fixed cost
+        of a round is the measured one."""
+        seen = seen or Seen().with_rounds(self, k, branches)
+        fg = seen.glue_s[k] / tables.glue_s[k]
+        fs = seen.step_s[branches] / _interpolate(tables.step_s, branches)
+        step = {b: v * fs for b, v in tables.step_s.items()} | seen.step_s
         overhead = statistics.median(self.overhead_s) if self.overhead_s else tables.overhead_s
-        return Tables({kk: v * fv for kk, v in tables.verify_s.items()},
-                      {kk: v * fg for kk, v in tables.glue_s.items()},
-                      {b: v * fs for b, v in tables.step_s.items()}, overhead)
+        return Tables(verify_under_load(tables.verify_s, seen.verify_s, k),
+                      {kk: seen.glue_s.get(kk, v * fg) for kk, v in tables.glue_s.items()}, step, overhead)
 
     def accept_rate(self, prior: float = ACCEPT_PRIOR) -> float:
         """Per-token acceptance, as `expected_tokens` means it (a round stops at its first rejection)."""

@@ -24,7 +24,8 @@ import torch
 from saguaro.drafters.ngram import ngram_propose
 from saguaro.sampling.params import SamplingParams
 from saguaro.ssd.branches import BranchDrafter, DraftSequence
-from saguaro.ssd.budget import ACCEPT_PRIOR, MAX_BRANCHES, TIMING_REPEATS, Observed, Tables, choose_plan, score_plan
+from saguaro.ssd.budget import (ACCEPT_PRIOR, MAX_BRANCHES, TIMING_REPEATS, Observed, Seen, Tables, choose_plan,
+                                score_plan)
 from saguaro.ssd.channel import Channel
 from saguaro.ssd.fanout import AcceptanceTracker, cap_fanout, flat_fanout, validate_fanout
 from saguaro.ssd.protocol import CMD_END, K_MAX, Reply, decode_outcomes, encode_reply, outcome_buffer, pack_q
@@ -174,6 +175,7 @@ class Worker:
         self._plans: dict[tuple, tuple[int, list[int], int]] = {}  # per batch shape, re-planned after each batch
         self._tables: dict[tuple, tuple[Tables, object, int | None]] = {}  # start-up timings of automatic plans
         self._acceptance: dict[tuple, tuple[float, float]] = {}  # per batch shape: decayed (accepted, trials)
+        self._seen: dict[tuple, Seen] = {}  # per batch shape: what rounds measured at each K and width
 
     def serve(self) -> None:
         while True:
@@ -312,7 +314,8 @@ class Worker:
             return False
         tables, fan_spec, fixed_fan = self._tables[key]
         k, _, branches = self._plans[key]
-        scaled = observed.rescaled(tables, k, branches)
+        seen = self._seen[key] = self._seen.get(key, Seen()).with_rounds(observed, k, branches)
+        scaled = observed.rescaled(tables, k, branches, seen)
         timings = (scaled.verify_s, scaled.glue_s, scaled.step_s, self._accept_rate(key, observed))
         plan = choose_plan(*timings, overhead_s=scaled.overhead_s)
         _, now_score = score_plan(k, branches, *timings, overhead_s=scaled.overhead_s)
@@ -320,8 +323,8 @@ class Worker:
         if new_score < now_score * (1 + REPLAN_MARGIN):
             return False  # not clearly better: two near-equal plans would otherwise alternate
         budget = plan.branches if fixed_fan is None else fixed_fan * (plan.k + 1)
-        log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d)",
-                 plan.k, budget, k, branches)
+        log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d; %.1f against %.1f "
+                 "tokens/s expected at acceptance %.2f)", plan.k, budget, k, branches, new_score, now_score, timings[-1])
         fanout = self._fanout(fan_spec, plan.k, budget)
         self._plans[key] = (plan.k, fanout, sum(fanout))
         return True

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from saguaro.errors import InvalidRequestError
-from saguaro.ssd.budget import MAX_BRANCHES, Observed, Tables, choose_plan, expected_tokens, hit_prior, score_plan
+from saguaro.ssd.budget import (MAX_BRANCHES, Observed, Tables, choose_plan, expected_tokens, hit_prior, score_plan,
+                               verify_under_load)
+from saguaro.ssd.fanout import flat_fanout
 from saguaro.ssd.placement import parse_cores, split_cores
 from saguaro.ssd.protocol import (CMD_END, CMD_ROUND, K_MAX, Reply, decode_outcomes, decode_reply,
                                   encode_end, encode_outcomes, encode_reply, pack_q)
@@ -182,3 +184,52 @@ def test_re_plans_weigh_the_prior_and_earlier_batches_acceptance_too():
     alone = Worker._accept_rate(worker, other, hard)  # another batch shape: the prior and its own rounds
     assert alone == pytest.approx((prior[0] + 30) / (prior[1] + 60))
     assert Worker._accept_rate(worker, (3,), Observed()) == pytest.approx(ACCEPT_PRIOR)
+
+
+# The bundled pair on one AVX2 core each (s): start-up times with the other side idle, and what
+# rounds measured with both sides busy (verify, glue, one branch step) under three plans.
+AVX2_ALONE = Tables({1: .0385, 2: .055, 3: .064, 4: .075}, {1: .011, 2: .014, 3: .0173, 4: .0195},
+                    {1: .0097, 2: .011, 3: .0142, 4: .0173, 6: .022, 8: .027, 12: .037, 16: .047})
+AVX2_LOADED = {(1, 6): (.0494, .0155, .032), (2, 3): (.0588, .0175, .0186), (3, 4): (.068, .021, .025)}
+
+
+def test_a_verify_under_load_keeps_what_rounds_measured_and_the_stream_as_its_floor():
+    alone = {1: .0385, 2: .055, 3: .064}
+    # Measured at K = 1 (memory-bound, slowed by the draft's stream): the longer, compute-bound
+    # verifies keep their own times, not 1.28x them (70 ms for K = 2, where rounds measured 59).
+    assert verify_under_load(alone, {1: .049}, 1) == {1: .049, 2: .055, 3: .064}
+    # Measured at K = 2: no verify reads its weights faster than the fastest one seen under load.
+    assert verify_under_load(alone, {2: .0588}, 2) == {1: .0588, 2: .0588, 3: .064}
+    assert verify_under_load(alone, {1: .049, 2: .0588}, 2) == {1: .049, 2: .0588, 3: .064}
+    # Rounds faster than start-up (a neighbour slowed the start-up timings): the others scale down.
+    assert verify_under_load({1: .05, 2: .06}, {1: .04}, 1) == pytest.approx({1: .04, 2: .048})
+
+
+def _replans(start: tuple[int, int], rounds: int = 5) -> list[tuple[int, int]]:
+    """The plans a worker runs from `start`, re-planning after each 16 rounds measured as AVX2_LOADED."""
+    from types import SimpleNamespace
+
+    from saguaro.ssd.worker import Worker
+
+    worker = Worker.__new__(Worker)
+    key = (1, None, "flat", False)
+    worker.cfg, worker.tracker = SimpleNamespace(target_vocab=151_936), None
+    worker._tables, worker._seen, worker._acceptance = {key: (AVX2_ALONE, "flat", None)}, {}, {}
+    worker._plans = {key: (start[0], flat_fanout(start[0], start[1] // (start[0] + 1)), start[1])}
+    plans = [start]
+    for _ in range(rounds):
+        k, _, branches = worker._plans[key]
+        verify, glue, step = AVX2_LOADED[(k, branches)]
+        observed = Observed()
+        for _ in range(16):  # acceptance 0.9 per token: one rejection in ten trials
+            observed.record(verify, glue, step * k, k, [(k, 1)] * 9 + [(0, 1)], [k] * 10, 0.0015)
+        worker._replan(key, observed)
+        plans.append(worker._plans[key][::2])
+    return plans
+
+
+def test_re_plans_leave_k_1_for_the_faster_k_2_and_stay():
+    # Measured on AVX2: K = 2 with 3 branches 43.9 and 44.9 tokens/s, K = 1 with 6 41.9 and
+    # 38.3, K = 3 with 4 36.4 and 37.4. Scaled by K = 1's ratio, K = 2's verify looked 70 ms.
+    assert _replans((1, 6)) == [(1, 6)] + [(2, 3)] * 5
+    assert _replans((3, 4)) == [(3, 4)] + [(2, 3)] * 5
