@@ -2,12 +2,11 @@
 
 The draft must finish the glue forward and K branch steps within one verification, or the target
 waits; among plans that fit, pick the one with the most expected tokens per second. Start-up
-timings are taken with the other side idle; re-plans score them as the rounds measured them (both
+timings are taken with the other side idle; re-plans score plans as the rounds measured them (both
 sides busy at once): what a plan's rounds measured stands for that K and width (`Seen`), and the
-rest is modelled from it (`Observed.rescaled`). Every round
-also pays a fixed cost outside both sides' work (the outcome and the reply crossing the link, the
-cache lookup, the target's bookkeeping), which favours fewer, longer rounds; it is measured from
-the rounds too.
+rest is modelled from it (`Observed.rescaled`). Every round also pays a fixed cost outside both
+sides' work (the outcome and the reply crossing the link, the cache lookup, the target's
+bookkeeping), which favours fewer, longer rounds; it is measured from the rounds too.
 """
 
 from __future__ import annotations
