@@ -316,7 +316,8 @@ class Worker:
         k, _, branches = self._plans[key]
         seen = self._seen[key] = self._seen.get(key, Seen()).with_rounds(observed, k, branches)
         scaled = observed.rescaled(tables, k, branches, seen)
-        timings = (scaled.verify_s, scaled.glue_s, scaled.step_s, self._accept_rate(key, observed))
+        accept = self._accept_rate(key, observed)
+        timings = (scaled.verify_s, scaled.glue_s, scaled.step_s, accept)
         plan = choose_plan(*timings, overhead_s=scaled.overhead_s)
         _, now_score = score_plan(k, branches, *timings, overhead_s=scaled.overhead_s)
         _, new_score = score_plan(plan.k, plan.branches, *timings, overhead_s=scaled.overhead_s)
@@ -324,7 +325,7 @@ class Worker:
             return False  # not clearly better: two near-equal plans would otherwise alternate
         budget = plan.branches if fixed_fan is None else fixed_fan * (plan.k + 1)
         log.info("budget re-planned on measured rounds: K=%d, %d branches (was K=%d, %d; %.1f against %.1f "
-                 "tokens/s expected at acceptance %.2f)", plan.k, budget, k, branches, new_score, now_score, timings[-1])
+                 "tokens/s expected at acceptance %.2f)", plan.k, budget, k, branches, new_score, now_score, accept)
         fanout = self._fanout(fan_spec, plan.k, budget)
         self._plans[key] = (plan.k, fanout, sum(fanout))
         return True
