@@ -21,6 +21,7 @@ from pathlib import Path
 from saguaro.bench import serve_load, serving
 from saguaro.bench.passes import run_interleaved
 from saguaro.bench.prompts import all_prompts
+from saguaro.bench.rounds import rounds_table
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = roofline_note(args, results)
     if args.suite == "cpu":
         extra = f"\nCPU: {cpu_flags()}\n"
+    if rounds := rounds_table(results):
+        extra += f"\n{rounds}\n"
     sys.stdout.write(table + "\n" + extra)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
