@@ -10,12 +10,13 @@ from __future__ import annotations
 
 def round_figures(rows: list[dict]) -> dict | None:
     """ms per round of each part, the target's wait per miss and per hit, and tokens per round,
-    over the rows that ran SSD rounds; None when none did."""
+    over the rows that ran SSD rounds; None when none did. A row's misses are its lookups less its
+    hits (rows from before those were kept: its rounds times one less its hit rate)."""
     ssd = [r for r in rows if r.get("rounds") and "hit_rate" in r]
     rounds = sum(r["rounds"] for r in ssd)
     if not rounds:
         return None
-    misses = sum(r["rounds"] * (1 - r["hit_rate"]) for r in ssd)
+    misses = sum(r["lookups"] - r["hits"] if "lookups" in r else r["rounds"] * (1 - r["hit_rate"]) for r in ssd)
 
     def total(key: str) -> float:
         return sum(r.get(key, 0.0) for r in ssd)

@@ -24,6 +24,12 @@ def test_figures_pool_the_rows_rounds():
     assert f["tokens_per_round"] == pytest.approx(2.6)
 
 
+def test_misses_are_counted_where_rows_keep_counts():
+    counted = dict(row(10, 0.8, 0.60, 0.50, 0.07, 0.01, 26), hits=8, lookups=9)  # 1 miss, 9 hit rounds
+    f = round_figures([counted])
+    assert f["wait_per_miss"] == pytest.approx(60.0) and f["wait_per_hit"] == pytest.approx(0.01 / 9 * 1e3)
+
+
 def test_rows_without_ssd_rounds_give_nothing():
     assert round_figures([{"rounds": 5, "seconds": 1.0, "tokens": 5}]) is None  # SD: no hit rate
     assert round_figures([]) is None
