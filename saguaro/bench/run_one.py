@@ -40,9 +40,9 @@ def run_saguaro(cfg: dict) -> dict:
         llm.close()
 
 
-FIGURES = ("accepted", "drafted", "rounds", "hit_rate", "hits", "lookups", "k", "branches", "target_wait_s", "verify_s", "draft_s",
-           "tokens_per_round_hit", "tokens_per_round_miss", "hit_rate_by_accepted", "worker_idle_s",
-           "worker_glue_s", "worker_branch_s", "worker_backup_s", "target_wait_on_hit_s")
+FIGURES = ("accepted", "drafted", "rounds", "hit_rate", "hits", "lookups", "k", "branches", "target_wait_s",
+           "verify_s", "draft_s", "tokens_per_round_hit", "tokens_per_round_miss", "hit_rate_by_accepted",
+           "worker_idle_s", "worker_glue_s", "worker_branch_s", "worker_backup_s", "target_wait_on_hit_s")
 
 
 def run_hf(cfg: dict) -> dict:
