@@ -26,7 +26,7 @@ def round_figures(rows: list[dict]) -> dict | None:
 
     wait, wait_on_hit = total("target_wait_s"), total("target_wait_on_hit_s")
     return {
-        "round": per_round("seconds"), "verify": per_round("verify_s"), "wait": per_round("target_wait_s"),
+        "round": per_round("seconds"), "verify": per_round("verify_s"), "wait": wait / rounds * 1e3,
         "glue": per_round("worker_glue_s"), "branch": per_round("worker_branch_s"), "idle": per_round("worker_idle_s"),
         "wait_per_miss": (wait - wait_on_hit) / misses * 1e3 if misses else 0.0,
         "wait_per_hit": wait_on_hit / (rounds - misses) * 1e3 if rounds > misses else 0.0,
