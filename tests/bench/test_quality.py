@@ -19,3 +19,21 @@ def test_teacher_forcing_matches_one_forward(tmp_path):
     assert top.shape == logp.shape == (len(ids) - 1,)
     assert torch.equal(top, logits.argmax(-1))
     torch.testing.assert_close(logp, expected, atol=1e-4, rtol=0)
+
+
+def test_main_reports_targets_and_drafts(tmp_path, capsys):
+    import json
+
+    from saguaro.bench.quality import main
+
+    target = write_random_model(tmp_path / "t", seed=2, vocab=40, context=1024)
+    draft = write_random_model(tmp_path / "d", seed=3, vocab=40, context=1024)
+    out = tmp_path / "q.json"
+    assert main(["--target", str(target), "--precisions", "float32", "--draft", str(draft),
+                 "--draft-precisions", "none", "int8", "--tokens", "60", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["precision"] for r in report["rows"]] == ["float32"]
+    assert [r["precision"] for r in report["drafts"]] == ["none", "int8"]
+    assert all(r["tokens"] == 60 and 0.0 < r["sampled_acceptance"] < 1.0 for r in report["drafts"])
+    printed = capsys.readouterr().out
+    assert "draft precision" in printed and "target precision" in printed
