@@ -329,11 +329,13 @@ def _cpu_has(flag: str) -> bool:
 # The vector paths below the one this CPU builds by default: each built for an older CPU
 # (SAGUARO_QGEMM_MARCH) and run through this file's kernel tests in a fresh process (one build
 # per process registers the ops), so CI on an AVX-512 machine also runs the AVX2 and portable
-# code, and the AVX2 + AVX-VNNI code where the CPU has AVX-VNNI.
-PATHS = [("haswell", "avx2", "avx2"), ("haswell+avxvnni", "avx2-vnni", "avx_vnni"), ("x86-64", "portable", "sse2")]
+# code, and the AVX2 + AVX-VNNI code where the CPU has AVX-VNNI. On aarch64 (`asimd`) the default
+# build is the NEON dot-product path where the CPU has it, and armv8-a is the portable loop.
+PATHS = [("haswell", "avx2", "avx2"), ("haswell+avxvnni", "avx2-vnni", "avx_vnni"), ("x86-64", "portable", "sse2"),
+         ("armv8-a", "portable", "asimd")]
 
 
-@pytest.mark.parametrize("march, isa, needs", PATHS, ids=[p[1] for p in PATHS])
+@pytest.mark.parametrize("march, isa, needs", PATHS, ids=["avx2", "avx2-vnni", "portable", "portable-aarch64"])
 def test_every_vector_path_this_cpu_runs(march, isa, needs):
     import subprocess
     import sys

@@ -43,6 +43,9 @@
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #define SAGUARO_AVX2 1
 #include <immintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+#define SAGUARO_NEON 1
+#include <arm_neon.h>
 #endif
 
 namespace {
@@ -402,6 +405,82 @@ void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
   }
 }
 
+#elif SAGUARO_NEON
+
+// Code vector v (columns 4v..4v+3) of rows 4·quad..4·quad+3 of a block as signed bytes: the codes
+// at their true values (int8: the stored q + 128 less 128; the caller adds 128 · Σ x back).
+template <int Bits>
+inline int8x16_t code_quad(const uint8_t* w, int quad, int v) {
+  const uint8_t* at = w + 16 * quad;
+  if constexpr (Bits == 8) return vreinterpretq_s8_u8(veorq_u8(vld1q_u8(at + 64 * v), vdupq_n_u8(0x80)));
+  const uint8x16_t packed = vld1q_u8(at + 64 * (v % 4));
+  uint8x16_t codes = v < 4 ? vandq_u8(packed, vdupq_n_u8(0x0F)) : vshrq_n_u8(packed, 4);
+  if constexpr (Bits == 6) {
+    // Pair p = v % 4 sits at bits 2p: move it to bits 4-5.
+    const uint8x16_t pairs = vld1q_u8(at + 256 + 64 * (v / 4));
+    const uint8x16_t top = v % 4 == 0 ? vshlq_n_u8(pairs, 4) : v % 4 == 1 ? vshlq_n_u8(pairs, 2)
+                           : v % 4 == 2 ? pairs : vshrq_n_u8(pairs, 2);
+    codes = vorrq_u8(codes, vandq_u8(top, vdupq_n_u8(0x30)));
+  }
+  return vreinterpretq_s8_u8(codes);
+}
+
+// As the AVX-512 tile, 4 rows at a time: a dot product instruction (sdot) adds the 4 products of
+// a row's 4 codes and 4 activation codes into the row's lane, the activation word picked by lane.
+template <int Bits, int T>
+void tile(const Weights& w, const Acts& a, int64_t m0, int64_t g, float* out) {
+  const uint8_t* wg = group_start<Bits>(w, g);
+  const uint8_t* end = group_start<Bits>(w, w.groups);
+  float32x4_t acc[T][4], accm[T][4];
+  for (int t = 0; t < T; ++t) {
+    for (int quad = 0; quad < 4; ++quad) acc[t][quad] = accm[t][quad] = vdupq_n_f32(0.f);
+  }
+  for (int64_t b = 0; b < w.nb; ++b) {
+    const uint8_t* wb = wg + b * block_bytes<Bits>();
+    prefetch_ahead<Bits>(wb, end);
+    int8x16_t x[T][2];  // activation codes 0-15 and 16-31 of the block
+    for (int t = 0; t < T; ++t) {
+      const int8_t* xq = a.q + ((m0 + t) * a.nb + b) * kBlock;
+      x[t][0] = vld1q_s8(xq);
+      x[t][1] = vld1q_s8(xq + 16);
+    }
+    const float16_t* sm = reinterpret_cast<const float16_t*>(wb + code_bytes<Bits>());
+    for (int quad = 0; quad < 4; ++quad) {
+      int8x16_t c[kVectors];
+      for (int v = 0; v < kVectors; ++v) c[v] = code_quad<Bits>(wb, quad, v);
+      const float32x4_t sc = vcvt_f32_f16(vld1_f16(sm + 4 * quad));
+      const float32x4_t mn = vcvt_f32_f16(vld1_f16(sm + kRows + 4 * quad));
+      for (int t = 0; t < T; ++t) {
+        int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);  // codes 0-15, 16-31
+        lo = vdotq_laneq_s32(lo, c[0], x[t][0], 0);
+        lo = vdotq_laneq_s32(lo, c[1], x[t][0], 1);
+        lo = vdotq_laneq_s32(lo, c[2], x[t][0], 2);
+        lo = vdotq_laneq_s32(lo, c[3], x[t][0], 3);
+        hi = vdotq_laneq_s32(hi, c[4], x[t][1], 0);
+        hi = vdotq_laneq_s32(hi, c[5], x[t][1], 1);
+        hi = vdotq_laneq_s32(hi, c[6], x[t][1], 2);
+        hi = vdotq_laneq_s32(hi, c[7], x[t][1], 3);
+        const int64_t at = (m0 + t) * a.nb + b;
+        const float32x4_t dx = vdupq_n_f32(a.d[at]);
+        if constexpr (Bits == 6) {  // sc, mn: the scales of the first and of the second halves
+          lo = vsubq_s32(lo, vdupq_n_s32(a.h[2 * at] << 5));
+          hi = vsubq_s32(hi, vdupq_n_s32(a.h[2 * at + 1] << 5));
+          acc[t][quad] = vfmaq_f32(acc[t][quad], vcvtq_f32_s32(lo), vmulq_f32(sc, dx));
+          accm[t][quad] = vfmaq_f32(accm[t][quad], vcvtq_f32_s32(hi), vmulq_f32(mn, dx));
+        } else {
+          int32x4_t dots = vaddq_s32(lo, hi);
+          if constexpr (Bits == 8) dots = vaddq_s32(dots, vdupq_n_s32((a.h[2 * at] + a.h[2 * at + 1]) << 7));
+          acc[t][quad] = vfmaq_f32(acc[t][quad], vcvtq_f32_s32(dots), vmulq_f32(sc, dx));
+          accm[t][quad] = vfmaq_f32(accm[t][quad], mn, vdupq_n_f32(a.s[at]));
+        }
+      }
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    for (int quad = 0; quad < 4; ++quad) vst1q_f32(out + t * kRows + 4 * quad, vaddq_f32(acc[t][quad], accm[t][quad]));
+  }
+}
+
 #else  // portable: any CPU the compiler targets
 
 // Code e (0-31) of row j in a block of a group, at its true value.
@@ -522,6 +601,8 @@ std::string isa() {
   return "avx2-vnni";
 #elif SAGUARO_AVX2
   return "avx2";
+#elif SAGUARO_NEON
+  return "neon-dotprod";
 #else
   return "portable";
 #endif
