@@ -56,9 +56,9 @@ done
 for f in online possible present; do echo 0-1 > "$sys/$f"; done
 
 mounts=()
-cleanup() { for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" || true; done; }
+cleanup() { for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" 2>/dev/null || umount -l "${mounts[$i]}" || true; done; }
 trap cleanup EXIT
-bind() { mkdir -p "$2"; mount --bind "${@:3}" "$1" "$2"; mounts+=("$2"); }
+bind() { [ -e "$2" ] || mkdir -p "$2"; mount --bind "${@:3}" "$1" "$2"; mounts+=("$2"); }
 bind /proc "$root/proc"
 bind "$root/root/cpuinfo" "$root/proc/cpuinfo"
 bind /dev "$root/dev"

@@ -28,7 +28,7 @@ SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.cpp", "glue.cpp")]
 NAME = "saguaro_qgemm"
 # The CPU the build targets: native by default; tests set haswell (the AVX2 path),
 # haswell+avxvnni (AVX2 with AVX-VNNI) or x86-64 (the portable loop) to run every path on a
-# machine that has them all. After the -march value, "+feature" adds -mfeature.
+# machine that has them all, and armv8-a (the portable loop) on aarch64. After the -march value, "+feature" adds -mfeature.
 MARCH_ENV = "SAGUARO_QGEMM_MARCH"
 
 
@@ -102,5 +102,5 @@ def load_kernels() -> bool:
 
 
 def isa() -> str:
-    """The vector path the loaded build took: avx512-vnni, avx2 or portable."""
+    """The vector path the loaded build took: avx512-vnni, avx2-vnni, avx2, neon-dotprod or portable."""
     return torch.ops.saguaro_qgemm.isa()
