@@ -2,7 +2,7 @@
 # Runs Saguaro's tests on aarch64 under qemu-user emulation, in a Debian arm64 chroot, from an
 # x86-64 machine with no ARM one at hand. It checks that the kernels build and compute the right
 # values there; speed under emulation means nothing. Needs root, Debian's and PyPI's registries,
-# and about 8 GB of disk (PyPI's aarch64 torch is a CUDA build). Not run by CI.
+# and about 6 GB of disk (PyPI's aarch64 torch is a CUDA build). Not run by CI.
 #
 #   scripts/aarch64_check.sh                      # tests/quant
 #   scripts/aarch64_check.sh tests/strategies -x  # any pytest arguments
