@@ -35,6 +35,7 @@ for c in 0 1; do
     printf 'processor\t: %s\nFeatures\t: %s\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n' "$c" "$features"
 done > "$root/root/cpuinfo"
 sys=$root/root/sys/devices/system/cpu
+kinds=(Data Instruction Unified); sizes=(64K 64K 1024K)  # cache index 0-2: L1d, L1i, L2
 for c in 0 1; do
     mkdir -p "$sys/cpu$c/regs/identification" "$sys/cpu$c/topology" "$sys/cpu$c/cpufreq"
     echo 0x00000000413fd0c1 > "$sys/cpu$c/regs/identification/midr_el1"
@@ -46,8 +47,7 @@ for c in 0 1; do
     echo 1000000 > "$sys/cpu$c/cpufreq/cpuinfo_min_freq"
     for i in 0 1 2; do
         mkdir -p "$sys/cpu$c/cache/index$i"
-        level=$((i < 2 ? 1 : 2)); kinds=(Data Instruction Unified); sizes=(64K 64K 1024K)
-        echo "$level" > "$sys/cpu$c/cache/index$i/level"
+        echo $((i < 2 ? 1 : 2)) > "$sys/cpu$c/cache/index$i/level"
         echo "${kinds[$i]}" > "$sys/cpu$c/cache/index$i/type"
         echo "${sizes[$i]}" > "$sys/cpu$c/cache/index$i/size"
         if [ "$i" = 2 ]; then echo 0-1; else echo "$c"; fi > "$sys/cpu$c/cache/index$i/shared_cpu_list"

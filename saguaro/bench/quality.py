@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.draft_precisions:
         from saguaro.bench import draft_acceptance
 
-        drafts = draft_report(args, args.tokens)
+        drafts = draft_report(args)
         lines += ([""] if lines else []) + draft_acceptance.table(drafts)
     sys.stdout.write("\n".join(lines) + "\n")
     if args.out:
@@ -100,14 +100,14 @@ def target_rows(target: str, precisions: list[str], tokens: int) -> list[dict]:
     return rows
 
 
-def draft_report(args, tokens: int) -> list[dict]:
+def draft_report(args) -> list[dict]:
     """The draft at each of args.draft_precisions against the target at its defaults (the main job's)."""
     from saguaro.bench.draft_acceptance import draft_rows
     from saguaro.loading.loader import load_model
     from saguaro.model.head_subset import draft_head_tokens
 
     target = load_model(args.target)
-    ids = held_out_ids(target.tokenizer, tokens)
+    ids = held_out_ids(target.tokenizer, args.tokens)
     head = draft_head_tokens(args.draft_head_tokens, "cpu")
 
     def loader(precision: str):

@@ -322,6 +322,13 @@ def test_pips_ninja_is_found_without_an_activated_environment(monkeypatch):
     assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
 
 
+def test_march_features_follow_each_architectures_spelling(monkeypatch):
+    monkeypatch.setenv(build.MARCH_ENV, "haswell+avxvnni")
+    assert build.flags("x86_64")[1:3] == ["-march=haswell", "-mavxvnni"]
+    monkeypatch.setenv(build.MARCH_ENV, "armv8.2-a+dotprod")
+    assert build.flags("aarch64")[1:3] == ["-march=armv8.2-a+dotprod", "-fopenmp"]
+
+
 def _cpu_has(flag: str) -> bool:
     return flag in build.cpu_features().split()
 

@@ -28,14 +28,20 @@ SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.cpp", "glue.cpp")]
 NAME = "saguaro_qgemm"
 # The CPU the build targets: native by default; tests set haswell (the AVX2 path),
 # haswell+avxvnni (AVX2 with AVX-VNNI) or x86-64 (the portable loop) to run every path on a
-# machine that has them all, and armv8-a (the portable loop) on aarch64. After the -march value, "+feature" adds -mfeature.
+# machine that has them all, and armv8-a (the portable loop) on aarch64. On x86, "+feature" after
+# the -march value adds -mfeature; on aarch64 it stays in -march, as GCC spells it there
+# (armv8.2-a+dotprod).
 MARCH_ENV = "SAGUARO_QGEMM_MARCH"
 
 
-def flags() -> list[str]:
+def flags(machine: str | None = None) -> list[str]:
     """-fopenmp lets at::parallel_for use torch's OpenMP threads; fp-contract=off keeps every
     row's arithmetic the same instructions whatever the batch."""
-    march, *features = (os.environ.get(MARCH_ENV, "native").strip() or "native").split("+")
+    target = os.environ.get(MARCH_ENV, "native").strip() or "native"
+    if (machine or platform.machine()) in ("aarch64", "arm64"):
+        march, features = target, []
+    else:
+        march, *features = target.split("+")
     return ["-O3", f"-march={march}", *(f"-m{f}" for f in features if f), "-fopenmp", "-ffp-contract=off"]
 
 BUILD_SECONDS = 15  # about, with two cores
