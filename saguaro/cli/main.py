@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 # No torch at import time: `--help` stays instant, and main() imports it with Ctrl-C held back
 # (_import_runtime), then exits 130 without a traceback.
+from saguaro.cli.cache import add_cache_parser, cmd_cache
 from saguaro.errors import SaguaroError
 from saguaro.loading.bundled import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -126,7 +127,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="saguaro", description="LLM inference with exact speculative speculative decoding.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) on stderr")
-    sub = parser.add_subparsers(dest="command", metavar="{generate,chat,serve,bench}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{generate,chat,serve,bench,cache}", required=True)
 
     # -v is also accepted after the subcommand; SUPPRESS keeps the subparser from resetting it.
     verbose = _Parser(add_help=False)
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The benchmark parses its own arguments; everything after `bench` is passed through.
     sub.add_parser("bench", help="run benchmarks (see saguaro bench --help)", add_help=False)
+    add_cache_parser(sub, [verbose])
     return parser
 
 
@@ -373,6 +375,8 @@ def _run(argv: list[str]) -> int:
         return cmd_bench(extra)
     if extra:
         raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "cache":
+        return cmd_cache(args)
     _import_runtime()
     if args.command == "serve":
         from saguaro.server.cli import cmd_serve

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from saguaro.errors import ModelLoadError
-from saguaro.loading import bundled, gguf_file, random_ref
+from saguaro.loading import bundled, gguf_file, packed_cache, random_ref
 from saguaro.loading.weights import fuse_weights
 from saguaro.model.config import ModelConfig
 from saguaro.model.cpu_packing import pack_for_cpu
@@ -69,16 +69,37 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
     `quantize` is auto, none, int8 or int4 (saguaro.quant.transform); a `draft` quantizes its
     head like its layers."""
     scheme = check_scheme(quantize)
-    loaded = _load(ref, device, dtype)
-    if scheme == "auto" and (loaded.decoder.device.type != "cpu" or loaded.decoder.dtype == torch.float32):
-        scheme = "none"  # float32 is the reference-parity path; the kernels run on CPU only
-    if head_tokens is not None and head_tokens < loaded.config.vocab_size:
-        tok = loaded.tokenizer
-        always = set(tok.eos_token_ids) | set(tok.special_ids)
-        restrict_head(loaded.decoder, frequent_tokens(loaded.config.vocab_size, head_tokens, always))
-    loaded.quantization = _quantize(loaded, scheme, same_head=draft)
+    entry = _cache_entry(ref, device, dtype, head_tokens, scheme, draft)
+    cached = packed_cache.load(entry) if entry is not None else None
+    if cached is not None:
+        decoder, tokenizer, quantization = cached
+        loaded = LoadedModel(decoder, tokenizer, decoder.cfg, ref, quantization=quantization)
+    else:
+        loaded = _load(ref, device, dtype)
+        if scheme == "auto" and (loaded.decoder.device.type != "cpu" or loaded.decoder.dtype == torch.float32):
+            scheme = "none"  # float32 is the reference-parity path; the kernels run on CPU only
+        if head_tokens is not None and head_tokens < loaded.config.vocab_size:
+            tok = loaded.tokenizer
+            always = set(tok.eos_token_ids) | set(tok.special_ids)
+            restrict_head(loaded.decoder, frequent_tokens(loaded.config.vocab_size, head_tokens, always))
+        loaded.quantization = _quantize(loaded, scheme, same_head=draft)
+        loaded.gguf = None  # the reader holds the file's metadata: let it go
+        if entry is not None:
+            packed_cache.save(entry, loaded.decoder, loaded.tokenizer, loaded.quantization, loaded.source)
     pack_for_cpu(loaded.decoder)
     return loaded
+
+
+def _cache_entry(ref: str, device: str, dtype, head_tokens: int | None, scheme: str,
+                 draft: bool) -> packed_cache.Entry | None:
+    """The packed-weight cache entry of this load (CPU models from a file, a folder or the bundled
+    pair), checked for bad arguments first so that they fail as they would uncached."""
+    if random_ref.is_random_ref(ref):
+        return None
+    dev = torch.device(device)
+    if dev.type != "cpu":
+        return None
+    return packed_cache.entry_for(ref, dev, resolve_dtype(dtype, dev), head_tokens, scheme, draft)
 
 
 def _quantize(loaded: LoadedModel, scheme: str, same_head: bool) -> str:
