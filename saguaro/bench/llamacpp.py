@@ -1,7 +1,8 @@
 """llama.cpp anchor for the CPU benchmarks, driven through the `xllamacpp` bindings in a separate venv.
 
 Run as a script inside that venv (stdlib + xllamacpp only) it decodes the prompts and prints one JSON
-line; imported from saguaro it finds or builds that venv and runs the script as a subprocess.
+line; imported from saguaro it finds or builds that venv and runs the script as a subprocess. Its
+one-shot mode (`oneshot_command`) is a user's first request in a fresh process, for the startup suite.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,14 @@ def run_llamacpp(cfg: dict, python: str | None = None) -> dict:
     except json.JSONDecodeError as e:
         raise RuntimeError(f"llama.cpp run printed no JSON ({e}):\n{out.stdout[-1000:]}\n{out.stderr[-2000:]}")
     return summarize(cfg, result)
+
+
+def oneshot_command(model: str, prompt: str, max_tokens: int, threads: int, python: str | None = None) -> list[str]:
+    """The command line of one fresh llama.cpp process that loads `model` and answers `prompt` once
+    (greedy, `max_tokens` tokens, no warm-up); it prints one JSON line with `oneshot`'s stamps."""
+    cfg = {"oneshot": True, "model": str(model), "prompt": prompt, "max_tokens": max_tokens, "threads": threads,
+           "ctx": 2048, "draft": None}
+    return [python or bench_python(), str(SCRIPT), json.dumps(cfg)]
 
 
 # ---------------------------------------------------------------- the half that runs in the bench venv
@@ -144,7 +154,22 @@ def bench(cfg: dict) -> dict:
     return {"rows": rows, "system_info": xlc.get_system_info(), "xllamacpp": getattr(xlc, "__version__", None)}
 
 
+def oneshot(cfg: dict, started: float) -> dict:
+    """A user's first request: wall-clock stamps (time.time(), comparable with the parent's clock)
+    when the interpreter ran main(), after importing xllamacpp, after the model load and after the answer."""
+    stamps = {"main": started}
+    import xllamacpp  # noqa: F401  timed here; _server's own import is then free
+
+    stamps["imported"] = time.time()
+    _, server = _server(cfg)
+    stamps["loaded"] = time.time()
+    row = _row("oneshot", _complete(server, cfg["prompt"], cfg["max_tokens"]))
+    stamps["generated"] = time.time()
+    return {"stamps": stamps, "row": row}
+
+
 def main(argv: list[str]) -> int:
+    started = time.time()
     if len(argv) != 1:
         print(f"usage: {Path(sys.argv[0]).name} CONFIG_JSON", file=sys.stderr)
         return 2
@@ -154,7 +179,7 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     result_fd = os.dup(1)
     os.dup2(2, 1)
-    result = bench(cfg)
+    result = oneshot(cfg, started) if cfg.get("oneshot") else bench(cfg)
     with os.fdopen(result_fd, "w") as out:
         out.write(json.dumps(result) + "\n")
     return 0

@@ -1,10 +1,11 @@
-"""`saguaro bench {ar,sd,ssd,cpu,engine}`: side-by-side benchmarks in one run, printed as ratio tables.
+"""`saguaro bench {ar,sd,ssd,cpu,engine,serve,startup}`: side-by-side benchmarks in one run, printed as ratio tables.
 
 Every configuration runs in its own subprocess with its own core pinning; ratios are against
 baselines measured in the same run (these machines are noisy). Results go to JSON and a PNG.
 `--baseline-rev REV` also runs each Saguaro configuration with the code of another git revision
 (from a worktree under /tmp), side by side. The engine suite (concurrent load) is saguaro.bench.serving;
-the serve suite (HTTP load on `saguaro serve` and llama.cpp's server) is saguaro.bench.serve_load.
+the serve suite (HTTP load on `saguaro serve` and llama.cpp's server) is saguaro.bench.serve_load;
+the startup suite (fresh processes to their first tokens) is saguaro.bench.startup.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from saguaro.bench import serve_load, serving
+from saguaro.bench import serve_load, serving, startup
 from saguaro.bench.passes import run_interleaved
 from saguaro.bench.prompts import all_prompts
 from saguaro.bench.rounds import rounds_table
@@ -219,7 +220,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="saguaro bench", description=__doc__)
-    p.add_argument("suite", choices=["ar", "sd", "ssd", "cpu", "engine", "serve"])
+    p.add_argument("suite", choices=["ar", "sd", "ssd", "cpu", "engine", "serve", "startup"])
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--draft", default=DEFAULT_DRAFT)
     p.add_argument("--dtype", default="auto")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quantize-draft", nargs="*", default=["auto"],
                    help="cpu suite: the draft's precisions; engine suite: the first")
     p.add_argument("--max-tokens", type=int, default=None,
-                   help="new tokens per request (128; engine suite 64, serve suite 48)")
+                   help="new tokens per request (128; engine suite 64, serve suite 48, startup suite 16)")
     p.add_argument("--kinds", nargs="*", help="prompt kinds (code instruction math editing); default all")
     p.add_argument("--ks", type=int, nargs="*", default=[2, 3, 4, 5, 6, 7, 8], help="SD lookaheads")
     p.add_argument("--ssd-k", type=int, default=None, help="SSD lookahead (default: from the budget)")
@@ -237,26 +238,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="SD/SSD drafts keep only this many frequent tokens in their LM head")
     p.add_argument("--settings", nargs="*", default=["a", "b"], help="ssd suite: which CPU settings to run")
     p.add_argument("--out", default="docs", help="folder for the JSON and PNG")
-    p.add_argument("--repeat", type=int, default=1, help="interleaved passes over all configurations")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="interleaved passes over all configurations (1; startup suite 3, with a warm cache)")
     p.add_argument("--baseline-rev", default=None,
                    help="also run each saguaro configuration with this git revision's code, side by side")
-    p.add_argument("--no-llamacpp", action="store_true", help="cpu suite: skip the llama.cpp rows (and their venv)")
+    p.add_argument("--no-llamacpp", action="store_true",
+                   help="cpu and startup suites: skip the llama.cpp rows (and their venv)")
     serving.add_arguments(p)
     serve_load.add_arguments(p)
+    startup.add_arguments(p)
     args = p.parse_args(argv)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         p.error(f"--out {args.out} is a file; it names the folder the JSON and PNG go to")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.max_tokens is None:
-        args.max_tokens = {"engine": 64, "serve": 48}.get(args.suite, 128)
+        args.max_tokens = {"engine": 64, "serve": 48, "startup": 16}.get(args.suite, 128)
+    if args.repeat is None:
+        args.repeat = 3 if args.suite == "startup" else 1
     if args.suite == "engine":
         return serving.run_suite(args)
     if args.suite == "serve":
         return serve_load.run_suite(args)
-    if args.suite == "cpu" and not args.no_llamacpp:
+    if args.suite in ("cpu", "startup") and not args.no_llamacpp:
         from saguaro.bench.llamacpp import ensure_env
 
         ensure_env()
+    if args.suite == "startup":
+        return startup.run_suite(args)
     configs = suite_configs(args.suite, args)
     if args.baseline_rev:
         configs = with_baseline(configs, args.baseline_rev, baseline_worktree(args.baseline_rev))
