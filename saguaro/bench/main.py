@@ -138,10 +138,7 @@ def suite_configs(suite: str, args) -> list[dict]:
 
 def cpu_configs(args, base: dict, both: list[int], one: list[int], two: list[int]) -> list[dict]:
     """llama.cpp on the same GGUF files against Saguaro at each precision, all on 2 threads."""
-    from saguaro.loading.bundled import BUNDLED, bundled_gguf
-
-    def gguf(ref: str) -> str:
-        return str(bundled_gguf(ref)) if ref in BUNDLED else ref
+    from saguaro.loading.bundled import gguf_path as gguf
 
     out = []
     if not getattr(args, "no_llamacpp", False):

@@ -247,14 +247,14 @@ def llamacpp_command(cfg: dict, port: int, python: str) -> list[str]:
 
 def server_configs(args) -> list[dict]:
     """llama.cpp first (the anchor), then each Saguaro mode."""
-    from saguaro.loading.bundled import BUNDLED, bundled_gguf
+    from saguaro.loading.bundled import gguf_path
 
     base = dict(target=args.target, draft=args.draft, dtype=args.dtype, max_batch=args.max_batch, seq_len=SEQ_LEN,
                 quantize_target=_first(args.quantize), quantize_draft=_first(args.quantize_draft),
                 draft_head_tokens=args.draft_head_tokens)
     out = []
     if not args.no_llamacpp:
-        model = str(bundled_gguf(args.target)) if args.target in BUNDLED else args.target
+        model = gguf_path(args.target)
         out.append(dict(base, name="llama.cpp", engine="llamacpp", model=model, threads=2))
     modes = {"ar": dict(mode="ar", cores=[0, 1]),
              "sd": dict(mode="sd", k=3, cores=[0, 1]),

@@ -6,14 +6,9 @@ from __future__ import annotations
 import json
 import logging
 
+from saguaro.loading.bundled import gguf_path
+
 log = logging.getLogger(__name__)
-
-
-def gguf_path(ref: str) -> str:
-    """The GGUF file llama.cpp loads for `ref`: a bundled model's assembled file, else `ref` itself."""
-    from saguaro.loading.bundled import BUNDLED, bundled_gguf
-
-    return str(bundled_gguf(ref)) if ref in BUNDLED else ref
 
 
 def llamacpp_config(args, cache: str, tokens: int) -> dict:

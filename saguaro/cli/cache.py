@@ -26,8 +26,6 @@ def add_cache_parser(sub, parents) -> None:
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 

@@ -136,6 +136,11 @@ def assemble(model: BundledModel, dest: Path) -> Path:
     return dest
 
 
+def gguf_path(ref: str) -> str:
+    """The GGUF file of `ref`: a bundled model's assembled file, else `ref` itself (for llama.cpp)."""
+    return str(bundled_gguf(ref)) if ref in BUNDLED else ref
+
+
 def bundled_gguf(name: str) -> Path:
     """Path of the verified GGUF of a bundled model, assembling it on first use."""
     model = BUNDLED[name]

@@ -69,15 +69,16 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
     `quantize` is auto, none, int8 or int4 (saguaro.quant.transform); a `draft` quantizes its
     head like its layers."""
     scheme = check_scheme(quantize)
-    entry = _cache_entry(ref, device, dtype, head_tokens, scheme, draft)
+    dev = torch.device(device)
+    if scheme == "auto" and (dev.type != "cpu" or resolve_dtype(dtype, dev) == torch.float32):
+        scheme = "none"  # float32 is the reference-parity path; the kernels run on CPU only
+    entry = _cache_entry(ref, dev, dtype, head_tokens, scheme, draft)
     cached = packed_cache.load(entry) if entry is not None else None
     if cached is not None:
         decoder, tokenizer, quantization = cached
         loaded = LoadedModel(decoder, tokenizer, decoder.cfg, ref, quantization=quantization)
     else:
         loaded = _load(ref, device, dtype)
-        if scheme == "auto" and (loaded.decoder.device.type != "cpu" or loaded.decoder.dtype == torch.float32):
-            scheme = "none"  # float32 is the reference-parity path; the kernels run on CPU only
         if head_tokens is not None and head_tokens < loaded.config.vocab_size:
             tok = loaded.tokenizer
             always = set(tok.eos_token_ids) | set(tok.special_ids)
@@ -90,14 +91,11 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
     return loaded
 
 
-def _cache_entry(ref: str, device: str, dtype, head_tokens: int | None, scheme: str,
+def _cache_entry(ref: str, dev: torch.device, dtype, head_tokens: int | None, scheme: str,
                  draft: bool) -> packed_cache.Entry | None:
     """The packed-weight cache entry of this load (CPU models from a file, a folder or the bundled
     pair), checked for bad arguments first so that they fail as they would uncached."""
-    if random_ref.is_random_ref(ref):
-        return None
-    dev = torch.device(device)
-    if dev.type != "cpu":
+    if random_ref.is_random_ref(ref) or dev.type != "cpu":
         return None
     return packed_cache.entry_for(ref, dev, resolve_dtype(dtype, dev), head_tokens, scheme, draft)
 

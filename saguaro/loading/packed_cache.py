@@ -104,12 +104,10 @@ def layout_hash() -> str:
     return h.hexdigest()
 
 
-def kernel_path(scheme: str, dtype: torch.dtype) -> str:
+def kernel_path(scheme: str) -> str:
     """Which kernels the quantize transform will pack for: none, the native build's ISA, or
     PyTorch's (whose int4 packing depends on the torch build and the CPU)."""
-    import torch
-
-    if scheme == "none" or (scheme == "auto" and dtype == torch.float32):
+    if scheme == "none":
         return "none"
     from saguaro.quant.native import use_native
 
@@ -134,7 +132,7 @@ def entry_for(ref: str, device: torch.device, dtype: torch.dtype, head_tokens: i
         return None
     label, source = identity
     options = {"source": source, "dtype": str(dtype), "quantize": scheme, "head_tokens": head_tokens, "draft": draft,
-               "kernels": kernel_path(scheme, dtype), "torch": torch.__version__}
+               "kernels": kernel_path(scheme), "torch": torch.__version__}
     fields = {**options, "layout": layout_hash()}
     slot, key = _digest(options), _digest(fields)
     return Entry(root() / f"{_safe(label)}-{slot[:10]}-{key[:10]}", key, label, fields)
@@ -167,10 +165,7 @@ def load(entry: Entry):
         except (OSError, ValueError) as e:
             problem = f"unreadable {MODEL} ({e})"
     if problem is not None:
-        log.warning("the packed-weight cache entry %s is unusable (%s); converting %s again", entry.folder, problem,
-                    entry.label)
-        shutil.rmtree(entry.folder, ignore_errors=True)
-        return None
+        return _discard(entry, f"is unusable ({problem})")
     try:
         tensors = load_file(str(entry.folder / WEIGHTS))  # mapped, not read
         decoder = rebuild_decoder(meta["decoder"], tensors)
@@ -178,12 +173,14 @@ def load(entry: Entry):
                                          json.loads((entry.folder / "tokenizer_config.json").read_text(encoding="utf-8")),
                                          extra_eos_ids=meta["eos_ids"])
     except (OSError, KeyError, ValueError, Uncacheable) as e:
-        log.warning("the packed-weight cache entry %s does not load (%s); converting %s again", entry.folder, e,
-                    entry.label)
-        shutil.rmtree(entry.folder, ignore_errors=True)
-        return None
+        return _discard(entry, f"does not load ({e})")
     log.info("loaded %s from the packed-weight cache (%s)", entry.label, entry.folder)
     return decoder, tokenizer, meta["quantization"]
+
+
+def _discard(entry: Entry, why: str) -> None:
+    log.warning("the packed-weight cache entry %s %s; converting %s again", entry.folder, why, entry.label)
+    shutil.rmtree(entry.folder, ignore_errors=True)
 
 
 def save(entry: Entry, decoder, tokenizer, quantization: str, source: str) -> None:
