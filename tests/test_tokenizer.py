@@ -5,12 +5,12 @@ A tiny byte-level tokenizer covers the rules; the bundled Qwen GGUF is checked a
 
 import json
 
-import gguf
 import pytest
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
 from saguaro.errors import InvalidRequestError, ModelLoadError
+from saguaro.loading.gguf_reader import GGUFFile
 from saguaro.loading.gguf_tokenizer import byte_alphabet, tokenizer_files_from_gguf
 from saguaro.tokenizer import StreamDecoder, Tokenizer
 
@@ -121,7 +121,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def qwen(qwen_gguf):
-    return Tokenizer.from_files(*tokenizer_files_from_gguf(gguf.GGUFReader(qwen_gguf)))
+    return Tokenizer.from_files(*tokenizer_files_from_gguf(GGUFFile(qwen_gguf)))
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from saguaro.cache_root import CACHE_ENV, cache_dir  # noqa: F401 (the loaders read them here)
 from saguaro.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
-
-CACHE_ENV = "SAGUARO_CACHE"
-
 
 @dataclass(frozen=True)
 class BundledModel:
@@ -56,12 +54,6 @@ BUNDLED: dict[str, BundledModel] = {
 }
 DEFAULT_TARGET = "qwen2.5-coder-1.5b"
 DEFAULT_DRAFT = "qwen2.5-coder-0.5b"
-
-
-def cache_dir() -> Path:
-    """The user cache folder: $SAGUARO_CACHE, else ~/.cache/saguaro."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "saguaro")
-    return Path(root)
 
 
 def cache_write_error(path: Path, error: OSError, hint: str = "") -> ModelLoadError:

@@ -1,17 +1,20 @@
-"""Reads a GGUF file: architecture settings, dequantized tensors under HF names, tokenizer.
+"""A GGUF file in HF terms: its architecture settings as an HF config, its tensors under HF names.
 
-Every tensor type the `gguf` package can dequantize is accepted; results are float32.
+Tensors are dequantized to float32 only when asked for (saguaro.loading.gguf_dequant): a
+quantized load reads most matrices straight from their blocks (saguaro.loading.gguf_grids).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
+import torch
 
 from saguaro.errors import ModelLoadError
+from saguaro.loading.gguf_dequant import dequantize
+from saguaro.loading.gguf_reader import GGUFFile, TensorInfo
 
 log = logging.getLogger(__name__)
 
@@ -32,27 +35,16 @@ LAYER_NAMES = {
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
 
-def open_gguf(path: str | Path):
-    import gguf
-
-    try:
-        return gguf.GGUFReader(str(path))
-    except FileNotFoundError:
-        raise ModelLoadError(f"no such GGUF file: {path}") from None
-    except Exception as e:  # the reader raises assorted errors on corrupt or truncated files
-        raise ModelLoadError(f"corrupt or truncated GGUF file {path}: {e}") from None
+def open_gguf(path: str | Path) -> GGUFFile:
+    return GGUFFile(path)
 
 
-def field(reader, name: str, default: Any = None) -> Any:
-    f = reader.fields.get(name)
-    return default if f is None else f.contents()
-
-
-def hf_config(reader) -> dict[str, Any]:
-    arch = field(reader, "general.architecture")
+def hf_config(reader: GGUFFile) -> dict[str, Any]:
+    field = reader.field
+    arch = field("general.architecture")
     if arch not in ARCH_TO_MODEL_TYPE:
         raise ModelLoadError(f"unsupported architecture {arch!r} in GGUF file")
-    g = lambda key, default=None: field(reader, f"{arch}.{key}", default)  # noqa: E731
+    g = lambda key, default=None: field(f"{arch}.{key}", default)  # noqa: E731
     names = {t.name for t in reader.tensors}
     embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
     heads = int(g("attention.head_count"))
@@ -70,8 +62,8 @@ def hf_config(reader) -> dict[str, Any]:
         "rope_theta": float(g("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(g("context_length", 4096)),
         "tie_word_embeddings": "output.weight" not in names,
-        "bos_token_id": field(reader, "tokenizer.ggml.bos_token_id"),
-        "eos_token_id": field(reader, "tokenizer.ggml.eos_token_id"),
+        "bos_token_id": field("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": field("tokenizer.ggml.eos_token_id"),
     }
     if "rope_freqs.weight" in names:
         raise ModelLoadError("GGUF files with rope_freqs (Llama-3.1 scaling) are not supported yet; use the HF folder")
@@ -88,28 +80,54 @@ def hf_name(name: str) -> str | None:
     return f"{TOP_NAMES[base]}.{suffix}" if base in TOP_NAMES else None
 
 
-def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
-    # llama.cpp's converter interleaves the rotary halves of Q/K rows for the llama architecture.
+def unpermute(w, heads: int):
+    """A numpy array or a tensor: llama.cpp's converter interleaves the rotary halves of Q/K rows
+    for the llama architecture."""
     return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def hf_tensors(reader, cfg: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (HF name, float32 array in HF [out, in] orientation) for each tensor."""
-    from gguf.quants import dequantize
+def permuted_heads(name: str, cfg: dict[str, Any]) -> int:
+    """The heads whose rows llama.cpp interleaved in this HF tensor (0: none)."""
+    if cfg["model_type"] != "llama":
+        return 0
+    if name.endswith("q_proj.weight"):
+        return cfg["num_attention_heads"]
+    return cfg["num_key_value_heads"] if name.endswith("k_proj.weight") else 0
 
+
+def named_tensors(reader: GGUFFile) -> dict[str, TensorInfo]:
+    """HF name -> the file's tensor, for every tensor the decoder reads."""
+    named = {}
     for t in reader.tensors:
         name = hf_name(t.name)
         if name is None:
             log.debug("skipping GGUF tensor %s", t.name)
-            continue
-        try:
-            arr = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
-        except NotImplementedError as e:
-            raise ModelLoadError(f"cannot dequantize {t.name} ({t.tensor_type.name}): {e}") from None
-        arr = arr.reshape(tuple(int(d) for d in reversed(t.shape)))
-        if cfg["model_type"] == "llama":
-            if name.endswith("q_proj.weight"):
-                arr = unpermute(arr, cfg["num_attention_heads"])
-            elif name.endswith("k_proj.weight"):
-                arr = unpermute(arr, cfg["num_key_value_heads"])
-        yield name, arr
+        else:
+            named[name] = t
+    return named
+
+
+def float_tensor(t: TensorInfo, name: str, cfg: dict[str, Any]) -> torch.Tensor:
+    """float32 in HF [out, in] orientation."""
+    try:
+        w = dequantize(t.data, t.tensor_type, t.rows_cols)
+    except NotImplementedError as e:
+        raise ModelLoadError(f"cannot dequantize {t.name} ({t.tensor_type.name}): {e}") from None
+    heads = permuted_heads(name, cfg)
+    return unpermute(w, heads) if heads else w
+
+
+
+
+class GGUFWeights:
+    """A GGUF file's tensors by HF name, dequantized only when asked for."""
+
+    def __init__(self, reader: GGUFFile, cfg: dict[str, Any]):
+        self.named = named_tensors(reader)
+        self.cfg = cfg
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: t.rows_cols for name, t in self.named.items()}
+
+    def float(self, name: str) -> torch.Tensor:
+        return float_tensor(self.named[name], name, self.cfg)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import gguf
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from saguaro.errors import ModelLoadError
+from saguaro.loading.gguf_reader import GGUFFile
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,6 @@ def byte_alphabet() -> dict[int, str]:
             table[b] = chr(256 + extra)
             extra += 1
     return table
-
-
-def _field(reader: gguf.GGUFReader, name: str, default: Any = None) -> Any:
-    field = reader.fields.get(name)
-    return default if field is None else field.contents()
 
 
 def _split_merges(merges: list[str]) -> list[tuple[str, str]]:
@@ -103,26 +98,26 @@ def _added_tokens(tokens: list[str], token_types: list[int], alphabet: set[str],
     return special, plain
 
 
-def tokenizer_files_from_gguf(reader: gguf.GGUFReader) -> tuple[str, dict]:
+def tokenizer_files_from_gguf(reader: GGUFFile) -> tuple[str, dict]:
     """(tokenizer.json text, tokenizer_config.json dict) equivalent to the GGUF's tokenizer."""
-    kind = _field(reader, "tokenizer.ggml.model")
+    kind = reader.field("tokenizer.ggml.model")
     if kind == "llama":
         raise ModelLoadError(
             "GGUF tokenizer 'llama' (sentencepiece) is unsupported; only byte-level BPE ('gpt2') is"
         )
     if kind != "gpt2":
         raise ModelLoadError(f"GGUF tokenizer model {kind!r} is unsupported; only byte-level BPE ('gpt2') is")
-    pre = _field(reader, "tokenizer.ggml.pre")
+    pre = reader.field("tokenizer.ggml.pre")
     if pre not in PRE_TOKENIZER_SPLITS:
         raise ModelLoadError(
             f"GGUF pre-tokenizer {pre!r} is unknown, so its text splitting cannot be reproduced; "
             f"known: {', '.join(sorted(PRE_TOKENIZER_SPLITS))}"
         )
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
-    merges = _field(reader, "tokenizer.ggml.merges")
+    tokens: list[str] = reader.field("tokenizer.ggml.tokens")
+    merges = reader.field("tokenizer.ggml.merges")
     if not tokens or not merges:
         raise ModelLoadError("GGUF byte-level BPE tokenizer lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
-    token_types: list[int] = _field(reader, "tokenizer.ggml.token_type", [])
+    token_types: list[int] = reader.field("tokenizer.ggml.token_type", [])
 
     table = byte_alphabet()
     alphabet = set(table.values())
@@ -144,7 +139,7 @@ def tokenizer_files_from_gguf(reader: gguf.GGUFReader) -> tuple[str, dict]:
     tok.add_tokens(plain)
 
     def token_at(key: str) -> str | None:
-        index = _field(reader, f"tokenizer.ggml.{key}")
+        index = reader.field(f"tokenizer.ggml.{key}")
         return tokens[index] if index is not None and 0 <= index < len(tokens) else None
 
     config: dict[str, Any] = {
@@ -153,14 +148,14 @@ def tokenizer_files_from_gguf(reader: gguf.GGUFReader) -> tuple[str, dict]:
         "pad_token": token_at("padding_token_id"),
         "unk_token": token_at("unknown_token_id"),
         # llama.cpp's default for byte-level BPE is no bos unless the file says otherwise.
-        "add_bos_token": bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
-        "add_eos_token": bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
+        "add_bos_token": bool(reader.field("tokenizer.ggml.add_bos_token", False)),
+        "add_eos_token": bool(reader.field("tokenizer.ggml.add_eos_token", False)),
     }
-    template = _field(reader, "tokenizer.chat_template")
+    template = reader.field("tokenizer.chat_template")
     if template:
         config["chat_template"] = template
-    arch = _field(reader, "general.architecture")
-    context = _field(reader, f"{arch}.context_length") if arch else None
+    arch = reader.field("general.architecture")
+    context = reader.field(f"{arch}.context_length") if arch else None
     if context:
         config["model_max_length"] = int(context)
     tok.post_processor = _post_processor(

@@ -12,13 +12,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from saguaro.errors import ModelLoadError
 from saguaro.loading import bundled, gguf_file, packed_cache, random_ref
-from saguaro.loading.weights import fuse_weights
+from saguaro.loading.gguf_grids import native_grids, source_bits
+from saguaro.loading.weights import fuse_weights, fused_matrix
 from saguaro.model.config import ModelConfig
 from saguaro.model.cpu_packing import pack_for_cpu
 from saguaro.model.decoder import Decoder
@@ -37,7 +37,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     config: ModelConfig
     source: str
-    gguf: Any = None  # the GGUF reader, when the weights came from one
+    gguf: gguf_file.GGUFWeights | None = None  # the file's tensors, when the weights came from one
     quantization: str = "none"  # the scheme applied: none, int8 or int4
 
 
@@ -78,13 +78,13 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
         decoder, tokenizer, quantization = cached
         loaded = LoadedModel(decoder, tokenizer, decoder.cfg, ref, quantization=quantization)
     else:
-        loaded = _load(ref, device, dtype)
+        loaded = _load(ref, device, dtype, scheme)
         if head_tokens is not None and head_tokens < loaded.config.vocab_size:
             tok = loaded.tokenizer
             always = set(tok.eos_token_ids) | set(tok.special_ids)
             restrict_head(loaded.decoder, frequent_tokens(loaded.config.vocab_size, head_tokens, always))
         loaded.quantization = _quantize(loaded, scheme, same_head=draft)
-        loaded.gguf = None  # the reader holds the file's metadata: let it go
+        loaded.gguf = None  # it maps the whole file: let it go
         if entry is not None:
             packed_cache.save(entry, loaded.decoder, loaded.tokenizer, loaded.quantization, loaded.source)
     pack_for_cpu(loaded.decoder)
@@ -101,17 +101,19 @@ def _cache_entry(ref: str, dev: torch.device, dtype, head_tokens: int | None, sc
 
 
 def _quantize(loaded: LoadedModel, scheme: str, same_head: bool) -> str:
-    bits, grids = {}, {}
-    if loaded.gguf is not None:
-        from saguaro.quant.gguf_native import native_grids, source_bits
-
-        bits = source_bits(loaded.gguf)
+    bits, grids, dense = {}, {}, None
+    if (weights := loaded.gguf) is not None:
+        bits = source_bits(weights.named)
         if resolve_scheme(scheme, bits) == "int4":
-            grids = native_grids(loaded.gguf, loaded.config)
-    return quantize_decoder(loaded.decoder, scheme, bits, grids, same_head)
+            grids = native_grids(weights.named, weights.cfg)
+        decoder = loaded.decoder
+        dense = lambda names: fused_matrix(weights.float, names, decoder.device, decoder.dtype)  # noqa: E731
+    return quantize_decoder(loaded.decoder, scheme, bits, grids, same_head, dense)
 
 
-def _load(ref: str, device: str, dtype) -> LoadedModel:
+def _load(ref: str, device: str, dtype, scheme: str = "none") -> LoadedModel:
+    """`scheme`: the quantization that will follow; a GGUF to be quantized on CPU leaves its
+    layers' matrices unread until then."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
@@ -122,11 +124,11 @@ def _load(ref: str, device: str, dtype) -> LoadedModel:
         return LoadedModel(_decoder(cfg, fuse_weights(cfg, names, get, dev, torch_dtype), dev, torch_dtype),
                            tokenizer, cfg, ref)
     if ref in bundled.BUNDLED:
-        return _load_gguf(bundled.bundled_gguf(ref), dev, torch_dtype, source=ref)
+        return _load_gguf(bundled.bundled_gguf(ref), dev, torch_dtype, scheme, source=ref)
     if path.is_dir():
         return _load_folder(path, dev, torch_dtype, source=str(path))
     if path.is_file() or ref.endswith(".gguf"):
-        return _load_gguf(path, dev, torch_dtype)
+        return _load_gguf(path, dev, torch_dtype, scheme)
     if _looks_like_hub_id(ref):
         return _load_folder(_download(ref), dev, torch_dtype, source=ref)
     raise ModelLoadError(
@@ -200,18 +202,17 @@ def _eos_ids(hf_cfg: dict) -> tuple[int, ...]:
     return () if eos is None else (int(eos),)
 
 
-def _load_gguf(path: Path, device, dtype, source: str | None = None) -> LoadedModel:
+def _load_gguf(path: Path, device, dtype, scheme: str, source: str | None = None) -> LoadedModel:
     reader, hf_cfg, tokenizer = _gguf_parts(path)
     cfg = ModelConfig.from_hf(hf_cfg)
-    from tqdm import tqdm
-
-    # The bar shows on an interactive stderr only (disable=None), never in logs, pipes and tests.
-    named = tqdm(gguf_file.hf_tensors(reader, hf_cfg), desc=f"loading {path.name}", total=len(reader.tensors),
-                 unit="tensor", disable=None, leave=False)
-    tensors = {name: torch.from_numpy(arr if arr.flags.writeable else arr.copy()) for name, arr in named}
-    weights = fuse_weights(cfg, set(tensors), tensors.__getitem__, device, dtype)
+    weights = gguf_file.GGUFWeights(reader, hf_cfg)
+    # Quantized on CPU, the layers' matrices become meta tensors here: the quantize transform
+    # reads them from their blocks, so a Q4_K_M file is never dequantized whole.
+    from_blocks = device.type == "cpu" and resolve_scheme(scheme, source_bits(weights.named)) != "none"
+    fused = fuse_weights(cfg, set(weights.named), weights.float, device, dtype,
+                         weights.shapes() if from_blocks else None)
     log.info("loaded %s (%s, %d layers) as %s on %s", path, cfg.model_type, cfg.num_layers, dtype, device)
-    return LoadedModel(_decoder(cfg, weights, device, dtype), tokenizer, cfg, source or str(path), gguf=reader)
+    return LoadedModel(_decoder(cfg, fused, device, dtype), tokenizer, cfg, source or str(path), gguf=weights)
 
 
 def bundled_folder(name: str) -> Path:
@@ -247,9 +248,10 @@ def bundled_folder(name: str) -> Path:
 
 
 def write_hf_folder(gguf_path: Path, folder: Path) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.torch import save_file
 
     reader, hf_cfg, tokenizer = _gguf_parts(gguf_path)
     (folder / "config.json").write_text(json.dumps(hf_cfg, indent=2))
     tokenizer.save(folder)
-    save_file(dict(gguf_file.hf_tensors(reader, hf_cfg)), str(folder / "model.safetensors"))
+    weights = gguf_file.GGUFWeights(reader, hf_cfg)
+    save_file({name: weights.float(name) for name in weights.named}, str(folder / "model.safetensors"))

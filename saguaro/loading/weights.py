@@ -10,35 +10,34 @@ from typing import Callable
 import torch
 
 from saguaro.errors import ModelLoadError
-from saguaro.model.config import ModelConfig
+from saguaro.model.config import ModelConfig, layer_parts
 
 Getter = Callable[[str], torch.Tensor]
 
 
-def layer_parts(cfg: ModelConfig, i: int) -> dict[str, list[tuple[str, int]]]:
-    """Each fused layer linear -> its HF tensors (name without .weight/.bias) and their rows, in order."""
-    p = f"model.layers.{i}."
-    return {
-        "qkv": [(p + "self_attn.q_proj", cfg.q_size), (p + "self_attn.k_proj", cfg.kv_size),
-                (p + "self_attn.v_proj", cfg.kv_size)],
-        "o": [(p + "self_attn.o_proj", cfg.hidden_size)],
-        "gate_up": [(p + "mlp.gate_proj", cfg.intermediate_size), (p + "mlp.up_proj", cfg.intermediate_size)],
-        "down": [(p + "mlp.down_proj", cfg.hidden_size)],
-    }
+def fused_matrix(get: Getter, names: list[str], device, dtype) -> torch.Tensor:
+    """The HF tensors `names` stacked by rows, in the decoder's device and dtype."""
+    return torch.cat([get(name).to(device=device, dtype=dtype) for name in names], dim=0).contiguous()
 
 
-def fuse_weights(cfg: ModelConfig, names: set[str], get: Getter, device, dtype) -> dict[str, torch.Tensor]:
-    def take(name: str) -> torch.Tensor:
+def fuse_weights(cfg: ModelConfig, names: set[str], get: Getter, device, dtype,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, torch.Tensor]:
+    """`shapes` (HF name -> shape) leaves the layers' matrices and an untied head as meta tensors
+    of those shapes, never read: the quantize transform builds those linears from the file's own
+    blocks, and asks `fused_matrix` for the float values of the few that cannot run on their grid."""
+    def take(name: str, matrix: bool = False) -> torch.Tensor:
         if name not in names:
             raise ModelLoadError(f"checkpoint lacks tensor {name!r}")
+        if matrix and shapes is not None:
+            return torch.empty(shapes[name], device="meta", dtype=dtype)
         return get(name).to(device=device, dtype=dtype)
 
-    def cat(*parts: str) -> torch.Tensor:
-        return torch.cat([take(p) for p in parts], dim=0).contiguous()
+    def cat(*parts: str, matrix: bool = False) -> torch.Tensor:
+        return torch.cat([take(p, matrix) for p in parts], dim=0).contiguous()
 
     out = {"embed": take("model.embed_tokens.weight"), "final_norm": take("model.norm.weight")}
     if "lm_head.weight" in names and not cfg.tie_word_embeddings:
-        out["lm_head"] = take("lm_head.weight")
+        out["lm_head"] = take("lm_head.weight", matrix=True)
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
         a = p + "self_attn."
@@ -46,7 +45,7 @@ def fuse_weights(cfg: ModelConfig, names: set[str], get: Getter, device, dtype) 
         w = {
             "input_norm": take(p + "input_layernorm.weight"),
             "post_norm": take(p + "post_attention_layernorm.weight"),
-            **{linear: cat(*(name + ".weight" for name, _ in named)) for linear, named in parts.items()},
+            **{linear: cat(*(name + ".weight" for name, _ in named), matrix=True) for linear, named in parts.items()},
         }
         if cfg.attention_bias:
             w["qkv_bias"] = cat(*(name + ".bias" for name, _ in parts["qkv"]))

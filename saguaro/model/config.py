@@ -79,3 +79,15 @@ class ModelConfig:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelLoadError(f"invalid model config: {e!r}") from e
+
+
+def layer_parts(cfg: ModelConfig, i: int) -> dict[str, list[tuple[str, int]]]:
+    """Each fused layer linear -> its HF tensors (name without .weight/.bias) and their rows, in order."""
+    p = f"model.layers.{i}."
+    return {
+        "qkv": [(p + "self_attn.q_proj", cfg.q_size), (p + "self_attn.k_proj", cfg.kv_size),
+                (p + "self_attn.v_proj", cfg.kv_size)],
+        "o": [(p + "self_attn.o_proj", cfg.hidden_size)],
+        "gate_up": [(p + "mlp.gate_proj", cfg.intermediate_size), (p + "mlp.up_proj", cfg.intermediate_size)],
+        "down": [(p + "mlp.down_proj", cfg.hidden_size)],
+    }

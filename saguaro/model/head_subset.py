@@ -14,10 +14,15 @@ from saguaro.model.decoder import Decoder, Linear
 
 class SubsetHead(Linear):
     def __init__(self, head: Linear, keep: torch.Tensor, vocab: int):
-        super().__init__(head.weight[keep].contiguous(), None)  # [len(keep), hidden]
+        self.bias = None
         self.keep = keep  # [len(keep)] token ids
         self.vocab = vocab
-        self.inner = Linear(self.weight)  # a packing transform may replace this
+        self.inner = Linear(head.weight[keep].contiguous())  # [len(keep), hidden]; transforms may replace it
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The kept rows as the inner linear holds them (a transform may have packed them)."""
+        return self.inner.weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         sub = self.inner(x)  # [..., len(keep)]

@@ -10,6 +10,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from saguaro.errors import ModelLoadError
+from saguaro.loading.gguf_reader import GGUFFile
 from saguaro.loading.gguf_tokenizer import byte_alphabet, tokenizer_files_from_gguf
 
 
@@ -34,7 +35,7 @@ def write_gguf(path, *, model="gpt2", pre="qwen2", add_bos=None, template=None):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return gguf.GGUFReader(str(path))
+    return GGUFFile(path)
 
 
 def build(reader):
@@ -87,7 +88,7 @@ def test_sentencepiece_is_rejected(tmp_path):
 
 @pytest.fixture(scope="module")
 def ours(qwen_gguf):
-    text, config = tokenizer_files_from_gguf(gguf.GGUFReader(qwen_gguf))
+    text, config = tokenizer_files_from_gguf(GGUFFile(qwen_gguf))
     return json.loads(text), config
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from saguaro.loading.bundled import cache_dir
+from saguaro.cache_root import cache_dir
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(name) for name in ("qgemm.cpp", "glue.cpp")]
