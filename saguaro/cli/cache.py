@@ -1,8 +1,8 @@
 """`saguaro cache`: where the model cache is, what it holds, and clearing it.
 
 It holds the packed-weight entries (saguaro.loading.packed_cache), the bundled GGUFs assembled
-from their chunks, conversions for the benchmarks' baselines, the compiled kernels and the SSD
-start-up timings. Listing and clearing need no torch, so they answer at once.
+from their chunks, conversions for the benchmarks' baselines and the compiled kernels. Listing
+and clearing need no torch, so they answer at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from saguaro.loading import bundled
 
 # Folders of the cache besides the packed entries, and what each one holds.
 OTHER_FOLDERS = {"gguf": "bundled GGUFs, assembled", "models": "float32 conversions (benchmarks)",
-                 "kernels": "compiled CPU kernels", "calibration": "SSD start-up timings"}
+                 "kernels": "compiled CPU kernels"}
 
 
 def add_cache_parser(sub, parents) -> None:

@@ -12,10 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from saguaro.cache_root import CACHE_ENV, cache_dir  # noqa: F401 (the loaders read them here)
+from saguaro.cache_root import CACHE_ENV, cache_dir
 from saguaro.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class BundledModel:

@@ -7,7 +7,6 @@ quantized load reads most matrices straight from their blocks (saguaro.loading.g
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,10 +32,6 @@ LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-
-def open_gguf(path: str | Path) -> GGUFFile:
-    return GGUFFile(path)
 
 
 def hf_config(reader: GGUFFile) -> dict[str, Any]:

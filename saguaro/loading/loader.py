@@ -18,6 +18,7 @@ import torch
 from saguaro.errors import ModelLoadError
 from saguaro.loading import bundled, gguf_file, packed_cache, random_ref
 from saguaro.loading.gguf_grids import native_grids, source_bits
+from saguaro.loading.gguf_reader import GGUFFile
 from saguaro.loading.weights import fuse_weights, fused_matrix
 from saguaro.model.config import ModelConfig
 from saguaro.model.cpu_packing import pack_for_cpu
@@ -191,7 +192,7 @@ def _load_folder(folder: Path, device, dtype, source: str) -> LoadedModel:
 def _gguf_parts(path: Path):
     from saguaro.loading.gguf_tokenizer import tokenizer_files_from_gguf
 
-    reader = gguf_file.open_gguf(path)
+    reader = GGUFFile(path)
     hf_cfg = gguf_file.hf_config(reader)
     tok_json, tok_cfg = tokenizer_files_from_gguf(reader)
     return reader, hf_cfg, Tokenizer.from_files(tok_json, tok_cfg, extra_eos_ids=_eos_ids(hf_cfg))

@@ -53,9 +53,9 @@ def test_q6_k_grid_is_the_files_own_values():
 def test_grids_of_a_real_tensor(qwen_gguf, kind):
     from gguf.quants import dequantize
 
-    from saguaro.loading.gguf_file import open_gguf
+    from saguaro.loading.gguf_reader import GGUFFile
 
-    tensor = next(t for t in open_gguf(qwen_gguf).tensors if t.tensor_type.name == kind)
+    tensor = next(t for t in GGUFFile(qwen_gguf).tensors if t.tensor_type.name == kind)
     shape = tuple(int(d) for d in reversed(tensor.shape))
     grid = (grid_from_q4_k if kind == "Q4_K" else grid_from_q6_k)(tensor.data, shape)
     expected = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
