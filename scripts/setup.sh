@@ -12,3 +12,6 @@ if ! python -c "import torch" >/dev/null 2>&1; then
     python -m pip install -q "${SAGUARO_TORCH:-torch==2.13.0}"
 fi
 python -m pip install -q -e ".[bundled,server,dev]"
+# The CPU kernels are compiled for this CPU once (~15 s), here rather than in the first run.
+# A machine with no compiler still runs, on PyTorch's kernels: the first run says so once.
+python -m saguaro.quant.native || true

@@ -66,16 +66,25 @@ def _q8_0(b):
     return _f16(b, 0) * b[:, 2:].contiguous().view(torch.int8).float()
 
 
+def k_scales(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Q4_K/Q5_K block's 8 sub-block scales and mins, float32 [n, 8] each: w = scale · q - min."""
+    sc, mn = _k_scale_min(b[:, 4:16])
+    return _f16(b, 0) * sc.float(), _f16(b, 2) * mn.float()
+
+
+def q4_k_codes(b: torch.Tensor) -> torch.Tensor:
+    """[n, 256] uint8 codes 0..15 of Q4_K blocks, in weight order."""
+    return _nibbles(b[:, 16:], 32)
+
+
 def _k_parts(b, q: torch.Tensor) -> torch.Tensor:
     n = b.shape[0]
-    sc, mn = _k_scale_min(b[:, 4:16])
-    d = (_f16(b, 0) * sc.float()).reshape(n, 8, 1)
-    dm = (_f16(b, 2) * mn.float()).reshape(n, 8, 1)
-    return (d * q.reshape(n, 8, 32).float() - dm).reshape(n, 256)
+    d, dm = k_scales(b)
+    return (d.reshape(n, 8, 1) * q.reshape(n, 8, 32).float() - dm.reshape(n, 8, 1)).reshape(n, 256)
 
 
 def _q4_k(b):
-    return _k_parts(b, _nibbles(b[:, 16:], 32))
+    return _k_parts(b, q4_k_codes(b))
 
 
 def _q5_k(b):
@@ -84,26 +93,42 @@ def _q5_k(b):
     return _k_parts(b, _nibbles(b[:, 48:], 32) | (high.reshape(n, 256) << 4))
 
 
-def _q6_k(b):
+def q6_k_codes(b: torch.Tensor) -> torch.Tensor:
+    """[n, 256] uint8 codes 0..63 of Q6_K blocks. Each half of 128 weights: 64 bytes of low nibbles
+    (weights 0-63 low, 64-127 high), then 32 bytes of high pairs (weights 0-31 at bits 0-1, ...)."""
     n = b.shape[0]
-    low = _nibbles(b[:, :128], 64)  # [n, 256]
+    low = _nibbles(b[:, :128], 64)
     shifts = torch.tensor([0, 2, 4, 6], dtype=U8).reshape(1, 1, 4, 1)
     high = ((b[:, 128:192].reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 256)
-    q = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, 16, 16).float()
-    d = (_f16(b, 208) * b[:, 192:208].contiguous().view(torch.int8).float()).reshape(n, 16, 1)
-    return (d * q).reshape(n, 256)
+    return low | (high << 4)
+
+
+def q6_k_scales(b: torch.Tensor) -> torch.Tensor:
+    """[n, 16] float32: a Q6_K block's scale per 16 weights, w = (q - 32) · scale."""
+    return _f16(b, 208) * b[:, 192:208].contiguous().view(torch.int8).float()
+
+
+def _q6_k(b):
+    n = b.shape[0]
+    q = (q6_k_codes(b).to(torch.int8) - 32).reshape(n, 16, 16).float()
+    return (q6_k_scales(b).reshape(n, 16, 1) * q).reshape(n, 256)
 
 
 BLOCKS = {T.Q4_0: _q4_0, T.Q4_1: _q4_1, T.Q5_0: _q5_0, T.Q5_1: _q5_1, T.Q8_0: _q8_0, T.Q4_K: _q4_k,
           T.Q5_K: _q5_k, T.Q6_K: _q6_k}
 
 
+def as_bytes(data: np.ndarray) -> torch.Tensor:
+    """A tensor's raw bytes (often a read-only map of the file) as a flat uint8 tensor, no copy."""
+    with warnings.catch_warnings():  # a read-only map, which nothing here writes
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(data).reshape(-1).view(np.uint8))
+
+
 def dequantize(data: np.ndarray, kind: T, shape: tuple[int, ...]) -> torch.Tensor:
     """`data`: a tensor's raw bytes; returns float32 of `shape` (numpy order). The result owns its
     memory: nothing points into the mapped file."""
-    with warnings.catch_warnings():  # a read-only map, which nothing here writes
-        warnings.simplefilter("ignore", UserWarning)
-        raw = torch.from_numpy(np.asarray(data).reshape(-1).view(np.uint8))
+    raw = as_bytes(data)
     if kind == T.F32:
         return raw.view(torch.float32).reshape(shape).clone()
     if kind == T.F16:
