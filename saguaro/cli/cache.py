@@ -1,8 +1,9 @@
 """`saguaro cache`: where the model cache is, what it holds, and clearing it.
 
 It holds the packed-weight entries (saguaro.loading.packed_cache), the bundled GGUFs assembled
-from their chunks, conversions for the benchmarks' baselines and the compiled kernels. Listing
-and clearing need no torch, so they answer at once.
+from their chunks, conversions for the benchmarks' baselines, the compiled kernels and SSD's
+start-up timings (saguaro.ssd.calibration). Listing and clearing need no torch, so they answer
+at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from saguaro.loading import bundled
 
 # Folders of the cache besides the packed entries, and what each one holds.
 OTHER_FOLDERS = {"gguf": "bundled GGUFs, assembled", "models": "float32 conversions (benchmarks)",
-                 "kernels": "compiled CPU kernels"}
+                 "kernels": "compiled CPU kernels", "calibration": "SSD start-up timings"}
 
 
 def add_cache_parser(sub, parents) -> None:
@@ -57,6 +58,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         freed = sum(e["size"] for e in removed)
         what = f"of {args.model} " if args.model else ""
         print(f"removed {len(removed)} packed-weight entr{'y' if len(removed) == 1 else 'ies'} {what}({_gb(freed)})")
+        timings = root / "calibration"
+        if args.model is None and timings.is_dir():  # they are keyed by the entries just removed
+            shutil.rmtree(timings)
+            print(f"removed SSD's start-up timings ({timings})")
         return 0
     print(f"cache: {root} (set {bundled.CACHE_ENV} to move it)")
     found = packed_cache.entries()

@@ -17,7 +17,7 @@ from saguaro.loading.loader import load_model
 from saguaro.model.config import ModelConfig
 from saguaro.ssd.placement import parse_cores, pin_process, split_cores
 from saguaro.strategies.base import Strategy
-from saguaro.strategies.factory import NGRAM, StrategyOptions, build_strategy
+from saguaro.strategies.factory import NGRAM, StrategyOptions, build_strategy, start_worker
 from saguaro.tokenizer import Tokenizer
 
 
@@ -96,9 +96,17 @@ def build_parts(
         draft = DEFAULT_DRAFT if target == DEFAULT_TARGET else None
         if draft is None:
             raise InvalidRequestError(f"mode {mode!r} needs a draft model (draft=...)")
-    loaded = load_model(target, device=device, dtype=dtype, quantize=quantize_target)
-    runner = ModelRunner(loaded.decoder, static_shapes=static_shapes)
-    strategy = build_strategy(options, runner, loaded.tokenizer, draft, device, dtype)
+    # SSD's worker loads the draft on its own cores while this process loads the target.
+    worker = start_worker(options, draft, device, dtype) if options.mode == "ssd" else None
+    try:
+        loaded = load_model(target, device=device, dtype=dtype, quantize=quantize_target)
+        runner = ModelRunner(loaded.decoder, static_shapes=static_shapes)
+        strategy = build_strategy(options, runner, loaded.tokenizer, draft, device, dtype, worker,
+                                  target_key=loaded.cache_key)
+    except BaseException:  # a bad target, or Ctrl-C: no worker is left behind
+        if worker is not None:
+            worker.close()
+        raise
     return Parts(runner, strategy, loaded.tokenizer, loaded.config, options, loaded.quantization)
 
 

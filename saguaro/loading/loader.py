@@ -40,6 +40,7 @@ class LoadedModel:
     source: str
     gguf: gguf_file.GGUFWeights | None = None  # the file's tensors, when the weights came from one
     quantization: str = "none"  # the scheme applied: none, int8 or int4
+    cache_key: str | None = None  # its packed-cache key: what it is, on this machine's kernels (None: not cached)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -89,6 +90,7 @@ def load_model(ref: str, device: str = "cpu", dtype: str | torch.dtype = "auto",
         if entry is not None:
             packed_cache.save(entry, loaded.decoder, loaded.tokenizer, loaded.quantization, loaded.source)
     pack_for_cpu(loaded.decoder)
+    loaded.cache_key = None if entry is None else entry.key
     return loaded
 
 

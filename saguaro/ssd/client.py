@@ -50,27 +50,43 @@ class WorkerFault(RuntimeError):
 
 
 class WorkerClient:
-    """`in_process=False`: the worker is its own process, linked over gloo. `in_process=True`: it
-    is a thread of this process linked by queues, on its own CUDA stream when its device is CUDA
+    """`in_process=False`: the worker is its own process, linked over gloo, started here so that it
+    loads the draft while the engine loads the target; attach() then waits for it. `in_process=True`:
+    it is a thread of this process linked by queues, started by attach() (two loads in one process
+    would share its kernel build and its cores), on its own CUDA stream when its device is CUDA
     (one GPU shared by target and draft)."""
 
     def __init__(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float = 900.0,
                  in_process: bool = False):
         self.timeout_s = timeout_s
+        self.startup_timeout_s = startup_timeout_s
         self.healthy = False
         self.in_sync = True  # False once an exchange was cut short: the next message would be misread
         self.closed = False
-        self.vocab_size_target = cfg_args["target_vocab"]
-        self.proc = self.thread = None
+        self.vocab_size_target: int | None = None  # set by attach()
+        self.proc = self.thread = self.channel = None
         self.recent_rounds: deque[float] = deque(maxlen=RECENT_ROUNDS)  # seconds from outcome sent to reply
         self.in_session = False  # between start_batch and end_batch: the worker waits for outcomes
+        self._max_batch = 0
+        self._cfg_args, self._in_process = cfg_args, in_process
+        self._link: dict = {}  # the rendezvous thread's channel or error
+        if not in_process:
+            try:
+                self._start_process(cfg_args, timeout_s, startup_timeout_s)
+            except BaseException:
+                self.close()
+                raise
+
+    def attach(self, target_vocab: int, tokenizer) -> None:
+        """Wait for the draft to load, check that its tokenizer is the target's, and tell the worker
+        the target's vocabulary. Any failure stops the worker: nothing is left running."""
         try:
-            if in_process:
-                self.channel = self._start_thread(cfg_args, max(timeout_s, startup_timeout_s))
+            if self._in_process:
+                self.channel = self._start_thread(self._cfg_args, max(self.timeout_s, self.startup_timeout_s))
             else:
-                self.channel = self._start_process(cfg_args, timeout_s, startup_timeout_s)
+                self.channel = self._connected(self.startup_timeout_s)
             with held_signals():
-                ready = self.recv_obj(startup_timeout_s)
+                ready = self.recv_obj(self.startup_timeout_s)
         except WorkerFault as e:
             self.close()
             raise ModelLoadError(f"the SSD draft worker failed to start: {e}") from None
@@ -80,11 +96,19 @@ class WorkerClient:
         if not ready.get("ok"):
             self.close()
             raise ModelLoadError(f"the SSD draft worker could not load the draft: {ready.get('error')}")
-        self.tokenizer_fingerprint = tuple(ready["tokenizer"])
-        self.healthy = True
-        self._max_batch = 0
+        self.healthy = True  # close() now asks it to stop rather than terminating it
+        if tuple(tokenizer.fingerprint()) != tuple(ready["tokenizer"]):
+            self.close()
+            raise InvalidRequestError("the draft's tokenizer differs from the target's; SSD needs the same one")
+        self.vocab_size_target = target_vocab
+        msg = {"cmd": "attach", "target_vocab": target_vocab}
+        try:
+            self._guard(lambda: self.channel.send_obj(msg, self._guarded(self.timeout_s)))
+        except WorkerFault as e:
+            self.close()
+            raise ModelLoadError(f"the SSD draft worker failed to start: {e}") from None
 
-    def _start_process(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float) -> Channel:
+    def _start_process(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float) -> None:
         host = cfg_args.get("host", "127.0.0.1")
         store, port = Channel.listen(host, 0, startup_timeout_s)
         # PR_SET_PDEATHSIG fires when the thread that started the child ends, so the worker asks
@@ -94,7 +118,15 @@ class WorkerClient:
         # A fresh interpreter (not fork): torch's thread pools do not survive a fork, and the
         # caller's __main__ need not be importable.
         self.proc = subprocess.Popen([sys.executable, "-c", _BOOT, "--config", json.dumps(dataclasses.asdict(cfg))])
-        return self._rendezvous(host, port, store, startup_timeout_s)
+
+        def connect():  # the worker connects once its imports are done, before it loads the draft
+            try:
+                self._link["channel"] = Channel(host, port, 0, startup_timeout_s, store=store)
+            except Exception as e:  # reported by _connected
+                self._link["error"] = e
+
+        self._link["thread"] = threading.Thread(target=connect, daemon=True, name="saguaro-ssd-rendezvous")
+        self._link["thread"].start()
 
     def _start_thread(self, cfg_args: dict, timeout_s: float) -> LocalChannel:
         mine, theirs = LocalChannel.pair()
@@ -104,24 +136,15 @@ class WorkerClient:
         self.thread.start()
         return mine
 
-    def _rendezvous(self, host: str, port: int, store, timeout_s: float) -> Channel:
-        box: dict = {}
-
-        def connect():
-            try:
-                box["channel"] = Channel(host, port, 0, timeout_s, store=store)
-            except Exception as e:  # reported below
-                box["error"] = e
-
-        thread = threading.Thread(target=connect, daemon=True)
-        thread.start()
+    def _connected(self, timeout_s: float) -> Channel:
+        thread = self._link["thread"]
         deadline = time.monotonic() + timeout_s
         while thread.is_alive():
             self._check_alive(deadline, timeout_s)
             thread.join(0.05)
-        if "error" in box:
-            raise WorkerFault(f"rendezvous failed: {box['error']}")
-        return box["channel"]
+        if "error" in self._link:
+            raise WorkerFault(f"rendezvous failed: {self._link['error']}")
+        return self._link["channel"]
 
     def _exited(self) -> str | None:
         """Why the worker is gone, or None while it runs."""
@@ -166,11 +189,6 @@ class WorkerClient:
 
     def recv_obj(self, timeout_s: float | None = None):
         return self.channel.recv_obj(self._guarded(timeout_s))
-
-    def check_tokenizer(self, tokenizer) -> None:
-        if tuple(tokenizer.fingerprint()) != self.tokenizer_fingerprint:
-            self.close()
-            raise InvalidRequestError("the draft's tokenizer differs from the target's; SSD needs the same one")
 
     # ---- rounds ---------------------------------------------------------------------------------
 

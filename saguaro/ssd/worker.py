@@ -11,6 +11,7 @@ a terminal's Ctrl-C reaches the whole process group, and stopping is the engine'
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from saguaro.sampling.params import SamplingParams
 from saguaro.ssd.branches import BranchDrafter, DraftSequence
 from saguaro.ssd.budget import (ACCEPT_PRIOR, MAX_BRANCHES, TIMING_REPEATS, Observed, Seen, Tables, choose_plan,
                                 score_plan)
+from saguaro.ssd.calibration import kept_timings
 from saguaro.ssd.channel import Channel
 from saguaro.ssd.fanout import AcceptanceTracker, cap_fanout, flat_fanout, validate_fanout
 from saguaro.ssd.protocol import CMD_END, K_MAX, Reply, decode_outcomes, encode_reply, outcome_buffer, pack_q
@@ -51,8 +53,8 @@ class WorkerConfig:
     dtype: str
     device: str
     cores: list[int] | None
-    target_vocab: int
     timeout_s: float
+    target_vocab: int | None = None  # the engine sends it once the draft is loaded (it loads the target meanwhile)
     saguaro_c: float = 1.0
     head_tokens: int | None = None  # keep only this many frequent tokens in the draft's LM head
     quantize: str = "auto"  # the draft's weights (saguaro.quant.transform)
@@ -141,7 +143,8 @@ def worker_thread_main(cfg: WorkerConfig, channel) -> None:
 
 
 def serve(cfg: WorkerConfig, channel, in_process: bool) -> None:
-    """Load the draft, report readiness (or the load error) to the engine, then serve batches."""
+    """Load the draft, report readiness (or the load error) to the engine, learn the target's
+    vocabulary size, then serve batches."""
     try:
         from saguaro.engine.runner import ModelRunner
         from saguaro.loading.loader import load_model
@@ -152,8 +155,13 @@ def serve(cfg: WorkerConfig, channel, in_process: bool) -> None:
         channel.send_obj({"ok": False, "error": f"{type(e).__name__}: {e}"})
         return
     channel.send_obj({"ok": True, "tokenizer": loaded.tokenizer.fingerprint()})
+    attach = channel.recv_obj()  # the target is loaded too, and its tokenizer matches the draft's
+    if attach["cmd"] != "attach":
+        return  # shutdown: the target failed to load, or the tokenizers differ
+    cfg = dataclasses.replace(cfg, target_vocab=attach["target_vocab"])
     try:
-        Worker(cfg, channel, ModelRunner(loaded.decoder, draft=True, static_shapes=cfg.static_shapes), in_process).serve()
+        runner = ModelRunner(loaded.decoder, draft=True, static_shapes=cfg.static_shapes)
+        Worker(cfg, channel, runner, in_process, draft_key=loaded.cache_key).serve()
     except WorkerStopped:
         log.warning("draft worker stopped (fault injection)")
 
@@ -163,8 +171,9 @@ class WorkerStopped(Exception):
 
 
 class Worker:
-    def __init__(self, cfg: WorkerConfig, channel, runner, in_process: bool = False):
+    def __init__(self, cfg: WorkerConfig, channel, runner, in_process: bool = False, draft_key: str | None = None):
         self.cfg = cfg
+        self.draft_key = draft_key  # keeps the start-up timings across starts (saguaro.ssd.calibration)
         self.in_process = in_process
         self.channel = channel
         self.drafter = BranchDrafter(runner, cfg.target_vocab, cfg.saguaro_c)
@@ -389,14 +398,18 @@ class Worker:
         return min(times)
 
     def _glue_times(self, verify: dict, batch: int) -> dict[int, float]:
-        self._time_feed([[0]] * batch, repeats=1)  # warm-up
-        return {k: self._time_feed([[0] * (k + 1)] * batch) for k in verify}
+        def measure():
+            self._time_feed([[0]] * batch, repeats=1)  # warm-up
+            return {k: self._time_feed([[0] * (k + 1)] * batch) for k in verify}
+
+        return kept_timings(self.draft_key, {"kind": "glue", "batch": batch, "ks": sorted(verify)}, measure)
 
     def _branch_times(self, batch: int) -> dict[int, float]:
         # A batched branch step costs about what a feed of that many tokens per row costs.
         if not self._step_times:
-            for width in STEP_WIDTHS:
-                self._step_times[width] = self._time_feed([[0] * width] * batch)
+            what = {"kind": "branch", "batch": batch, "widths": list(STEP_WIDTHS)}
+            self._step_times = kept_timings(self.draft_key, what, lambda: {
+                width: self._time_feed([[0] * width] * batch) for width in STEP_WIDTHS})
         return dict(self._step_times)
 
 

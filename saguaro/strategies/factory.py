@@ -91,7 +91,10 @@ def parse_fanout(spec):
     return spec
 
 
-def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft, device, dtype):
+def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft, device, dtype,
+                   worker=None, target_key: str | None = None):
+    """`worker`: SSD's draft worker from start_worker(), started before the target loaded;
+    `target_key`: the target's packed-cache key, which keeps SSD's start-up timings (saguaro.ssd.calibration)."""
     from saguaro.strategies.ar import ARStrategy
 
     if opts.mode == "ar":
@@ -102,14 +105,19 @@ def build_strategy(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokeni
         drafter = _drafter(target, tokenizer, draft, device, dtype, draft_head_tokens(opts.draft_head_tokens, device),
                            opts.draft_quantize, opts.static_shapes)
         return SDStrategy(target, drafter, opts.k or 4)
-    return _ssd(opts, target, tokenizer, draft, device, dtype)
+    from saguaro.strategies.ssd import SSDStrategy
+
+    client = worker or start_worker(opts, draft, device, dtype)
+    client.attach(target.vocab_size, tokenizer)
+    fanout = list(opts.fanout) if isinstance(opts.fanout, tuple) else opts.fanout
+    return SSDStrategy(target, client, {"k": opts.k, "fanout": fanout, "backup": opts.backup}, target_key)
 
 
-def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft: str, device, dtype):
+def start_worker(opts: StrategyOptions, draft: str, device, dtype):
+    """SSD's draft worker, loading the draft from now on (attach() waits for it)."""
     import logging
 
     from saguaro.ssd.client import WorkerClient
-    from saguaro.strategies.ssd import SSDStrategy
 
     if opts.k is not None and isinstance(opts.fanout, tuple) and len(opts.fanout) != opts.k + 1:
         raise InvalidRequestError(f"fan-out {list(opts.fanout)} has {len(opts.fanout)} entries; K={opts.k} needs {opts.k + 1}")
@@ -118,14 +126,13 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
     in_process = opts.ssd_worker == "thread" or (
         opts.ssd_worker == "auto" and draft_device.startswith("cuda") and _same_device(draft_device, device)
     )
-    client = WorkerClient(
+    return WorkerClient(
         dict(
             host="127.0.0.1",
             draft=draft,
             dtype=dtype_name,
             device=draft_device,
             cores=list(opts.draft_cores) if opts.draft_cores else None,
-            target_vocab=target.vocab_size,
             saguaro_c=opts.saguaro_c,
             fault_after_rounds=opts.fault_after_rounds,
             head_tokens=draft_head_tokens(opts.draft_head_tokens, draft_device),
@@ -136,9 +143,6 @@ def _ssd(opts: StrategyOptions, target: ModelRunner, tokenizer: Tokenizer, draft
         timeout_s=opts.worker_timeout,
         in_process=in_process,
     )
-    client.check_tokenizer(tokenizer)
-    fanout = list(opts.fanout) if isinstance(opts.fanout, tuple) else opts.fanout
-    return SSDStrategy(target, client, {"k": opts.k, "fanout": fanout, "backup": opts.backup})
 
 
 def _same_device(a, b) -> bool:

@@ -15,6 +15,7 @@ from saguaro.engine.sequence import Sequence
 from saguaro.kv_cache import KVCache
 from saguaro.metrics import SpeculationStats
 from saguaro.ssd.budget import TIMING_REPEATS
+from saguaro.ssd.calibration import kept_timings
 from saguaro.ssd.client import WorkerClient, WorkerFault
 from saguaro.ssd.protocol import K_MAX, Reply
 from saguaro.ssd.ssd_stats import SSDStats
@@ -29,8 +30,9 @@ class SSDStrategy(Strategy):
     name = "ssd"
     extra_slots = K_MAX + 1
 
-    def __init__(self, target: ModelRunner, client: WorkerClient, options: dict):
+    def __init__(self, target: ModelRunner, client: WorkerClient, options: dict, target_key: str | None = None):
         self.target = target
+        self.target_key = target_key  # keeps the verification timings across starts (saguaro.ssd.calibration)
         self.client = client
         self.options = options  # k, fanout, backup: forwarded to the worker
         self.fallback: ARStrategy | None = None
@@ -150,23 +152,27 @@ class SSDStrategy(Strategy):
             return {}
         if batch not in self._verify_s:
             ks = [self.options["k"]] if self.options.get("k") else list(range(1, 9))
-            cache = self.target.new_cache(batch, 64)
-            self.target.feed(cache, [[0] * 8] * batch)  # warm-up and a short trunk
-            times = {}
-
-            def verify(k: int) -> float:
-                self.target.sync()
-                start = time.perf_counter()
-                self.target.feed(cache, [[0] * (k + 1)] * batch, all_logits=True)
-                self.target.sync()
-                elapsed = time.perf_counter() - start
-                for b in range(batch):
-                    cache.truncate(b, 8)
-                return elapsed
-
-            for k in ks:
-                if self.target.graphs is not None:
-                    verify(k)  # the first one captures the CUDA graph
-                times[k] = min(verify(k) for _ in range(TIMING_REPEATS))
-            self._verify_s[batch] = times
+            what = {"kind": "verify", "batch": batch, "ks": ks}
+            self._verify_s[batch] = kept_timings(self.target_key, what, lambda: self._time_verify(batch, ks))
         return self._verify_s[batch]
+
+    def _time_verify(self, batch: int, ks: list[int]) -> dict[int, float]:
+        cache = self.target.new_cache(batch, 64)
+        self.target.feed(cache, [[0] * 8] * batch)  # warm-up and a short trunk
+        times = {}
+
+        def verify(k: int) -> float:
+            self.target.sync()
+            start = time.perf_counter()
+            self.target.feed(cache, [[0] * (k + 1)] * batch, all_logits=True)
+            self.target.sync()
+            elapsed = time.perf_counter() - start
+            for b in range(batch):
+                cache.truncate(b, 8)
+            return elapsed
+
+        for k in ks:
+            if self.target.graphs is not None:
+                verify(k)  # the first one captures the CUDA graph
+            times[k] = min(verify(k) for _ in range(TIMING_REPEATS))
+        return times

@@ -3,6 +3,8 @@ independent of the batch bit for bit, and the choice between them and PyTorch's 
 
 import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -282,6 +284,33 @@ def test_a_failed_build_falls_back_or_fails_in_one_line(monkeypatch, tmp_path, c
     monkeypatch.setenv(ENV, "native")
     with pytest.raises(UnsupportedEnvironmentError, match="could not be built"):
         native_choice.use_native()
+
+
+def _load_in_a_fresh_process(cache) -> subprocess.CompletedProcess:
+    """load_kernels() with torch's builder replaced by one that records its calls; a fresh process,
+    since one process cannot load two copies of the library (their ops would register twice)."""
+    probe = ("import logging; logging.basicConfig(); from torch.utils import cpp_extension; calls = []; "
+             "cpp_extension.load = lambda *a, **k: calls.append(k['build_directory']); "
+             "from saguaro.quant.native.build import load_kernels; print(load_kernels(), len(calls))")
+    env = dict(os.environ, SAGUARO_CACHE=str(cache))
+    return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_finished_build_loads_without_the_builder_even_moved(tmp_path):
+    """A copied kernels folder (a new cache, an image) loads as it is, where ninja would rebuild
+    it (its log holds the old paths). A truncated library is rebuilt, with one warning."""
+    import shutil
+
+    assert build.load_kernels()
+    copy = tmp_path / "kernels" / build.build_dir().name
+    shutil.copytree(build.build_dir(), copy)
+    done = _load_in_a_fresh_process(tmp_path)
+    assert done.stdout.split() == ["True", "0"], done.stderr
+
+    (copy / f"{build.NAME}.so").write_bytes(b"\x7fELF truncated")
+    done = _load_in_a_fresh_process(tmp_path)
+    assert done.stdout.split() == ["True", "1"], done.stderr
+    assert "does not load" in done.stderr and "rebuilding it" in done.stderr
 
 
 def test_the_build_folder_is_per_cpu_and_torch(monkeypatch):

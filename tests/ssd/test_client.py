@@ -24,6 +24,7 @@ def scripted_worker(delays: list[float]):
 
     def main(cfg, channel):
         channel.send_obj({"ok": True, "tokenizer": ["fake"]})
+        assert channel.recv_obj() == {"cmd": "attach", "target_vocab": 8}
         while True:
             msg = channel.recv_obj()
             if msg["cmd"] == "shutdown":
@@ -48,8 +49,9 @@ def scripted_worker(delays: list[float]):
 
 def make_client(monkeypatch, delays, timeout_s):
     monkeypatch.setattr(client_mod, "worker_thread_main", scripted_worker(delays))
-    cfg = dict(host="127.0.0.1", draft="fake", dtype="float32", device="cpu", cores=None, target_vocab=8)
+    cfg = dict(host="127.0.0.1", draft="fake", dtype="float32", device="cpu", cores=None)
     client = WorkerClient(cfg, timeout_s=timeout_s, in_process=True)
+    client.attach(8, SimpleNamespace(fingerprint=lambda: ["fake"]))
     seq = SimpleNamespace(trunk=[1, 2], params=SimpleNamespace())
     monkeypatch.setattr(client_mod.dataclasses, "asdict", lambda p: {})
     client.start_batch([seq], capacity=16, options={}, max_batch=MAX_B)

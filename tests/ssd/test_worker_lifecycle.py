@@ -133,13 +133,7 @@ ENGINE = textwrap.dedent("""
 
 
 def run_engine(body: str, timeout_s: float = 90, worker_timeout: float = 30) -> subprocess.CompletedProcess:
-    proc = start(["-c", ENGINE.format(timeout=worker_timeout, body=textwrap.dedent(body))])
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_group(proc, *children(proc.pid)[:1])
-        pytest.fail(f"the engine script hung for {timeout_s} s")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_script(ENGINE.format(timeout=worker_timeout, body=textwrap.dedent(body)), timeout_s)
 
 
 def test_kill_9_of_the_engine_takes_the_worker_with_it():
@@ -229,3 +223,62 @@ def test_one_llm_used_from_two_threads_keeps_its_link():
     assert done.returncode == 0, done.stderr
     assert "errors []" in done.stdout and "faults []" in done.stdout and "count 8" in done.stdout, done.stdout
     assert "Traceback" not in done.stderr, done.stderr
+
+
+CHILDREN = textwrap.dedent("""
+    import os
+    def children():
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid() and fields[0] != "Z":
+                found.append(int(entry))
+        return found
+""")
+
+
+def test_the_worker_loads_the_draft_while_the_target_loads():
+    done = run_script(CHILDREN + textwrap.dedent("""
+        import saguaro.engine.build as build
+        from saguaro import LLM
+        real, seen = build.load_model, []
+        def load_target(*args, **kwargs):
+            seen.append(len(children()))  # the worker process is already running
+            return real(*args, **kwargs)
+        build.load_model = load_target
+        llm = LLM("random:tiny", "random:tiny:1", "ssd")
+        print("workers while the target loaded", seen)
+        llm.close()
+    """))
+    assert done.returncode == 0, done.stderr
+    assert "workers while the target loaded [1]" in done.stdout, done.stdout
+
+
+def test_a_target_that_fails_to_load_leaves_no_worker():
+    done = run_script(CHILDREN + textwrap.dedent("""
+        import time
+        from saguaro import LLM
+        from saguaro.errors import ModelLoadError
+        try:
+            LLM("/no/such/model", "random:tiny:1", "ssd")
+        except ModelLoadError as e:
+            print("error", e)
+        print("children", children())
+    """))
+    assert done.returncode == 0, done.stderr
+    assert "error " in done.stdout and "children []" in done.stdout, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def run_script(code: str, timeout_s: float = 90) -> subprocess.CompletedProcess:
+    proc = start(["-c", code])
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(proc, *children(proc.pid)[:1])
+        pytest.fail(f"the script hung for {timeout_s} s")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -88,6 +88,8 @@ def load_kernels() -> bool:
         log.warning("cannot build Saguaro's CPU kernels: ninja is not installed; using PyTorch's kernels")
         return False
     folder = build_dir()
+    if _load_built(folder):
+        return True
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fresh = not any(folder.glob(f"{NAME}*.so"))
@@ -104,6 +106,21 @@ def load_kernels() -> bool:
         return False
     if fresh:
         log.info("built Saguaro's CPU kernels in %.0f s (%s)", time.perf_counter() - start, isa())
+    return True
+
+
+def _load_built(folder: Path) -> bool:
+    """Load a finished build straight away. The folder's name already hashes what the build depends
+    on, and asking torch's builder would run ninja, which rebuilds a copied or moved folder (its log
+    holds the old paths). A build in progress holds torch's lock file: that one is waited for."""
+    library = folder / f"{NAME}.so"
+    if not library.is_file() or (folder / "lock").exists():
+        return False
+    try:
+        torch.ops.load_library(str(library))
+    except (OSError, RuntimeError) as e:  # a truncated or foreign file: rebuilt below
+        log.warning("the CPU kernel build in %s does not load (%s); rebuilding it", folder, str(e).splitlines()[0])
+        return False
     return True
 
 
