@@ -17,20 +17,12 @@ BLOCK = 32  # columns sharing a scale and min
 ROWS = 16  # output rows the kernel interleaves: lane j of every 64-byte vector is row j
 
 
-def row_groups(per_row: torch.Tensor) -> torch.Tensor:
-    """[out, blocks, 4 · n] bytes of each row's blocks → [groups, blocks, n · 64]: vector v of a
-    group's block holds bytes 4v..4v+3 of each of its 16 rows in turn (zero rows pad the last)."""
-    out, blocks, width = per_row.shape
-    per_row = torch.nn.functional.pad(per_row, (0, 0, 0, 0, 0, -out % ROWS))
-    grouped = per_row.reshape(-1, ROWS, blocks, width // 4, 4).permute(0, 2, 3, 1, 4)
-    return grouped.reshape(-1, blocks, width * ROWS)
-
-
 def nibbles(q: torch.Tensor) -> torch.Tensor:
     """[out, in] codes 0..15 → [out, blocks, 16] bytes: byte i of a block holds code i in its low
-    nibble and code 16 + i in its high one."""
-    b = q.to(torch.uint8).reshape(q.shape[0], -1, BLOCK)
-    return b[..., :BLOCK // 2] | (b[..., BLOCK // 2:] << 4)
+    nibble and code 16 + i in its high one. Done on 64-bit words, 8 codes at a time: a code is
+    under 16, so shifting a word left by 4 moves each byte's code into its own high nibble."""
+    words = q.to(torch.uint8).contiguous().view(torch.int64).reshape(-1, 2, BLOCK // 16)  # [blocks, half, word]
+    return (words[:, 0] | (words[:, 1] << 4)).view(torch.uint8).reshape(q.shape[0], -1, BLOCK // 2)
 
 
 def high_pairs(q: torch.Tensor) -> torch.Tensor:
@@ -40,16 +32,33 @@ def high_pairs(q: torch.Tensor) -> torch.Tensor:
     return (top[:, :, :, 0] | (top[:, :, :, 1] << 2) | (top[:, :, :, 2] << 4) | (top[:, :, :, 3] << 6)).flatten(2)
 
 
+def _row_groups(per_row: torch.Tensor, groups: int) -> torch.Tensor:
+    """[out, blocks, 4 · n] bytes of each row's blocks → a [groups, blocks, n, 16, 4] view (no
+    copy): vector v of a group's block holds bytes 4v..4v+3 of each of its 16 rows in turn."""
+    out, blocks, width = per_row.shape
+    if out != groups * ROWS:  # zero rows pad the last group
+        per_row = torch.nn.functional.pad(per_row, (0, 0, 0, 0, 0, groups * ROWS - out))
+    return per_row.reshape(groups, ROWS, blocks, width // 4, 4).permute(0, 2, 3, 1, 4)
+
+
 def pack(codes: list[torch.Tensor], scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
     """Per-row code bytes ([out, blocks, ·] each, in order) and [out, blocks] scales and mins →
     the kernel's [groups, blocks · bytes]: per group and block, its code vectors, then 16 fp16
-    scales and 16 fp16 mins."""
-    pair = torch.stack([scale, low], dim=2).to(torch.float16)  # [out, blocks, 2]
-    pair = torch.nn.functional.pad(pair, (0, 0, 0, 0, 0, -pair.shape[0] % ROWS))
-    pair = pair.reshape(-1, ROWS, pair.shape[1], 2).permute(0, 2, 3, 1).contiguous()  # [groups, blocks, 2, 16]
-    parts = [row_groups(c) for c in codes] + [pair.view(torch.uint8).reshape(*pair.shape[:2], -1)]
-    packed = torch.cat(parts, dim=2)
-    return packed.reshape(packed.shape[0], -1).contiguous()
+    scales and 16 fp16 mins. Each part is copied once, straight into its place."""
+    out, blocks = scale.shape
+    groups = -(-out // ROWS)
+    widths = [c.shape[2] * ROWS for c in codes]
+    packed = torch.empty(groups, blocks, sum(widths) + 4 * ROWS, dtype=torch.uint8)
+    at = 0
+    for part, width in zip(codes, widths):
+        packed[:, :, at:at + width].view(groups, blocks, -1, ROWS, 4).copy_(_row_groups(part, groups))
+        at += width
+    pair = torch.stack([scale, low], dim=1).to(torch.float16)  # [out, 2, blocks]
+    if out != groups * ROWS:
+        pair = torch.nn.functional.pad(pair, (0, 0, 0, 0, 0, groups * ROWS - out))
+    pairs = packed[:, :, at:].view(torch.float16).view(groups, blocks, 2, ROWS)
+    pairs.copy_(pair.reshape(groups, ROWS, 2, blocks).permute(0, 3, 2, 1))
+    return packed.reshape(groups, -1)
 
 
 def int8_blocks(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
