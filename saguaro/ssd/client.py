@@ -87,26 +87,20 @@ class WorkerClient:
                 self.channel = self._connected(self.startup_timeout_s)
             with held_signals():
                 ready = self.recv_obj(self.startup_timeout_s)
-        except WorkerFault as e:
-            self.close()
-            raise ModelLoadError(f"the SSD draft worker failed to start: {e}") from None
-        except BaseException:  # Ctrl-C while the draft loads: do not leave the worker behind
-            self.close()
-            raise
-        if not ready.get("ok"):
-            self.close()
-            raise ModelLoadError(f"the SSD draft worker could not load the draft: {ready.get('error')}")
-        self.healthy = True  # close() now asks it to stop rather than terminating it
-        if tuple(tokenizer.fingerprint()) != tuple(ready["tokenizer"]):
-            self.close()
-            raise InvalidRequestError("the draft's tokenizer differs from the target's; SSD needs the same one")
-        self.vocab_size_target = target_vocab
-        msg = {"cmd": "attach", "target_vocab": target_vocab}
-        try:
+            if not ready.get("ok"):
+                raise ModelLoadError(f"the SSD draft worker could not load the draft: {ready.get('error')}")
+            self.healthy = True  # close() now asks it to stop rather than terminating it
+            if tuple(tokenizer.fingerprint()) != tuple(ready["tokenizer"]):
+                raise InvalidRequestError("the draft's tokenizer differs from the target's; SSD needs the same one")
+            self.vocab_size_target = target_vocab
+            msg = {"cmd": "attach", "target_vocab": target_vocab}
             self._guard(lambda: self.channel.send_obj(msg, self._guarded(self.timeout_s)))
         except WorkerFault as e:
             self.close()
             raise ModelLoadError(f"the SSD draft worker failed to start: {e}") from None
+        except BaseException:  # a bad draft, another tokenizer, or Ctrl-C while the draft loads
+            self.close()
+            raise
 
     def _start_process(self, cfg_args: dict, timeout_s: float, startup_timeout_s: float) -> None:
         host = cfg_args.get("host", "127.0.0.1")

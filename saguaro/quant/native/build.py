@@ -127,4 +127,3 @@ def _load_built(folder: Path) -> bool:
 def isa() -> str:
     """The vector path the loaded build took: avx512-vnni, avx2-vnni, avx2, neon-dotprod or portable."""
     return torch.ops.saguaro_qgemm.isa()
-
